@@ -1,0 +1,24 @@
+//! portico: a TLS-terminating ambassador for the primary container of a Pod.
+//!
+//! A request travels: [`listener`] (accept, connection limit) → [`tls`]
+//! (handshake, SNI, client certificate) → [`server`] (HTTP/1.1 or HTTP/2 by
+//! ALPN, header-read and idle timeouts) → [`stack`] (request id, limits,
+//! headers, routing via [`routing`]) → [`upstream`] (pooled clients to the
+//! primary). [`error`] turns every failure into SPEC's answer. Beside the data
+//! path: [`config`], [`certs`], [`admin`], [`readiness`], [`shutdown`],
+//! [`telemetry`], and [`app`], which wires them.
+
+pub mod admin;
+pub mod app;
+pub mod certs;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod readiness;
+pub mod routing;
+pub mod server;
+pub mod shutdown;
+pub mod stack;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,76 @@
+//! The listener stage: accept TCP connections within `--max-connections`
+//! (accepting pauses at the limit), survive descriptor exhaustion by backing
+//! off, and hand each connection to the TLS stage, then to the HTTP stage.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::server;
+use crate::shutdown::{reached, Phase};
+use crate::stack::Shared;
+use crate::tls::TlsAcceptor;
+
+/// Accepts until the drain closes the listener.
+pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Shared>) {
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    let mut phase = shared.drain.subscribe();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = reached(&mut phase, Phase::Closing) => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    if is_resource_exhaustion(&e) {
+                        tracing::error!(error = %e, "cannot accept: out of file descriptors or memory; retrying in 100ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    } else {
+                        tracing::debug!(error = %e, "accept failed");
+                    }
+                    continue;
+                }
+            },
+            _ = reached(&mut phase, Phase::Closing) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let shared = shared.clone();
+        let guard = shared.drain.track();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            let m = &shared.metrics;
+            m.connections_total.inc();
+            m.connections_open.inc();
+            match tls
+                .accept(tcp, peer, local_port, shared.cfg.handshake_timeout)
+                .await
+            {
+                Ok((stream, info)) => {
+                    m.handshake(true);
+                    server::serve(stream, Arc::new(info), shared.clone()).await;
+                }
+                Err(e) => {
+                    m.handshake(false);
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                }
+            }
+            shared.metrics.connections_open.dec();
+        });
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}

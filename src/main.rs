@@ -1,0 +1,114 @@
+//! The `portico` binary: parse the configuration (exit 2 naming the option),
+//! start (exit 2 for bad certificates, 1 for anything else), run until drained.
+
+use std::process::ExitCode;
+
+use portico::app;
+use portico::config::{ArgsError, Config, Mode};
+use portico::shutdown::Phase;
+
+fn main() -> ExitCode {
+    let (mode, cfg) = match Config::from_args(std::env::args_os()) {
+        Ok(v) => v,
+        Err(ArgsError::Clap(e)) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+        Err(ArgsError::Config(e)) => {
+            eprintln!("portico: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    portico::telemetry::init_logging(cfg.log_format, &cfg.log_level);
+    if rustls::crypto::aws_lc_rs::default_provider().install_default().is_err() {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+
+    if mode == Mode::Check {
+        return match app::load(&cfg) {
+            Ok(loaded) => {
+                print!("{}", app::summary(&cfg, &loaded));
+                if loaded.warnings.is_empty() {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                } else {
+                    for w in &loaded.warnings {
+                        eprintln!("portico: {w}");
+                    }
+                    ExitCode::from(2)
+                }
+            }
+            Err(e) => {
+                eprintln!("portico: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        };
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portico: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let app = match app::build(cfg).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("portico: {e}");
+                return ExitCode::from(e.exit_code() as u8);
+            }
+        };
+        tracing::info!(
+            tls = %app.tls_addr,
+            admin = ?app.admin_addr,
+            version = env!("CARGO_PKG_VERSION"),
+            "portico is serving"
+        );
+        spawn_signal_handler(&app);
+        app.run().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn spawn_signal_handler(app: &app::App) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let drain = app.drain.clone();
+    let tls = app.tls.clone();
+    let _ = tls;
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let mut drains = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading certificates");
+                    continue;
+                }
+            }
+            drains += 1;
+            if drains == 1 && drain.phase() == Phase::Running {
+                tracing::info!("signal received: draining (a second signal exits at once)");
+                drain.advance(Phase::Draining);
+            } else {
+                let n = drain.requests.load(std::sync::atomic::Ordering::Acquire);
+                tracing::warn!(requests_cut = n, "second signal: exiting at once");
+                std::process::exit(0);
+            }
+        }
+    });
+}

@@ -1,0 +1,326 @@
+//! The two bodies portico streams: the client's request body on its way up, and
+//! the response body on its way back. Each enforces `--body-timeout` with one
+//! timer that is re-armed only when it fires (a byte moved since? sleep on),
+//! so a busy stream costs a clock read per frame, not a timer update.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+/// An error a body wrapper raises itself.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// No byte moved for `--body-timeout`.
+    #[error("body moved no byte for {0:?}")]
+    Timeout(Duration),
+    /// The request body passed `--max-request-body`.
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(u64),
+    /// The peer's body failed.
+    #[error(transparent)]
+    Peer(#[from] hyper::Error),
+}
+
+/// An idle timer for a body: armed on the first `Pending`, re-armed lazily.
+struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    last: Instant,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+            last: Instant::now(),
+        }
+    }
+
+    fn progressed(&mut self) {
+        if !self.timeout.is_zero() {
+            self.last = Instant::now();
+        }
+    }
+
+    /// `true` once no progress was made for the whole timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timeout.is_zero() {
+            return false;
+        }
+        let deadline = self.last + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(()) if Instant::now() >= deadline => return true,
+                Poll::Ready(()) => continue,
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+/// What the request body tells the rest of the request: bytes seen, whether it
+/// ended (the request timeout starts then), and whether it broke the limit.
+#[derive(Debug, Default)]
+pub struct ReqProgress {
+    /// Body bytes read from the client.
+    pub bytes: AtomicU64,
+    /// Set when the body has been read to its end.
+    pub done: AtomicBool,
+    /// Woken when `done` is set.
+    pub done_notify: Notify,
+    /// Set when the body passed `--max-request-body`.
+    pub too_large: AtomicBool,
+    /// Set when the body stalled for `--body-timeout`.
+    pub timed_out: AtomicBool,
+}
+
+impl ReqProgress {
+    /// Resolves once the request body has been read to its end.
+    pub async fn wait_done(&self) {
+        loop {
+            let notified = self.done_notify.notified();
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        self.done_notify.notify_one();
+    }
+}
+
+/// The client's request body on its way to the upstream.
+pub struct ReqBody {
+    inner: Option<Incoming>,
+    timer: IdleTimer,
+    limit: u64,
+    seen: u64,
+    progress: Option<Arc<ReqProgress>>,
+}
+
+impl ReqBody {
+    /// An empty body (upgrades, and requests that have none).
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            timer: IdleTimer::new(Duration::ZERO),
+            limit: 0,
+            seen: 0,
+            progress: None,
+        }
+    }
+
+    /// Wraps a client body; `limit` zero is no limit.
+    pub fn new(inner: Incoming, timeout: Duration, limit: u64, progress: Arc<ReqProgress>) -> Self {
+        Self {
+            inner: Some(inner),
+            timer: IdleTimer::new(timeout),
+            limit,
+            seen: 0,
+            progress: Some(progress),
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer.progressed();
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if let Some(p) = &this.progress {
+                        p.bytes.store(this.seen, Ordering::Relaxed);
+                    }
+                    if this.limit != 0 && this.seen > this.limit {
+                        if let Some(p) = &this.progress {
+                            p.too_large.store(true, Ordering::Release);
+                        }
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Peer(e)))),
+            Poll::Ready(None) => {
+                if let Some(p) = &this.progress {
+                    p.finish();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.timer.poll_expired(cx) {
+                    if let Some(p) = &this.progress {
+                        p.timed_out.store(true, Ordering::Release);
+                    }
+                    this.inner = None;
+                    return Poll::Ready(Some(Err(BodyError::Timeout(this.timer.timeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Called once when a response body is finished or dropped, with the bytes sent.
+pub trait OnDone: Send + 'static {
+    /// The response is over: `complete` when its body reached its end.
+    fn done(self: Box<Self>, bytes_out: u64, complete: bool);
+}
+
+/// The response body on its way to the client.
+pub struct RespBody {
+    inner: RespInner,
+    timer: IdleTimer,
+    sent: u64,
+    complete: bool,
+    on_done: Option<Box<dyn OnDone>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+enum RespInner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl RespBody {
+    /// A body portico made itself.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            inner: RespInner::Full(if bytes.is_empty() { None } else { Some(bytes) }),
+            timer: IdleTimer::new(Duration::ZERO),
+            sent: 0,
+            complete: false,
+            on_done: None,
+            permit: None,
+        }
+    }
+
+    /// The upstream's body, cut after `timeout` without a byte.
+    pub fn upstream(inner: Incoming, timeout: Duration) -> Self {
+        Self {
+            inner: RespInner::Upstream(inner),
+            timer: IdleTimer::new(timeout),
+            sent: 0,
+            complete: false,
+            on_done: None,
+            permit: None,
+        }
+    }
+
+    /// Holds an in-flight permit until this body ends or is dropped.
+    pub fn hold(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
+    }
+
+    /// Runs `f` when this body ends or is dropped.
+    pub fn set_on_done(&mut self, f: Box<dyn OnDone>) {
+        self.on_done = Some(f);
+    }
+}
+
+impl From<Bytes> for RespBody {
+    fn from(b: Bytes) -> Self {
+        Self::full(b)
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_done.take() {
+            // hyper never polls a body that is empty from the start.
+            let complete = self.complete || self.is_end_stream();
+            f.done(self.sent, complete);
+        }
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            RespInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespInner::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map(|r| r.map_err(BodyError::Peer))),
+                Poll::Pending => {
+                    if this.timer.poll_expired(cx) {
+                        return Poll::Ready(Some(Err(BodyError::Timeout(this.timer.timeout))));
+                    }
+                    Poll::Pending
+                }
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer.progressed();
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            RespInner::Full(b) => b.is_none(),
+            RespInner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            RespInner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespInner::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Header rules on the way through: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! forwarding headers, the request id, and the client-certificate header.
+//! Plain functions over a `HeaderMap`, so each rule is tested alone.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Forwarded-Client-Cert`.
+pub static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers. `upgrade` keeps `Upgrade` and `Connection: upgrade`
+/// (a WebSocket handshake); `te_trailers` keeps `TE: trailers` (towards h2c).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, te_trailers: bool) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // The framing and the target are portico's to decide, not the client's.
+            .filter(|n| *n != header::HOST && *n != header::CONTENT_LENGTH)
+            .filter(|n| !(upgrade && *n == header::UPGRADE))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    if let Some(te) = h.remove(header::TE) {
+        let wants_trailers = te
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        if te_trailers && wants_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// Sets `X-Forwarded-*` and appends to `X-Forwarded-For` and `Forwarded`.
+pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>, port: u16) {
+    let mut ip = String::with_capacity(48);
+    let _ = write!(ip, "{client}");
+
+    let xff = joined(h, &XFF, &ip);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(&XFF, v);
+    }
+    h.insert(&XF_PROTO, HeaderValue::from_static("https"));
+    match host {
+        Some(v) => {
+            h.insert(&XF_HOST, v.clone());
+        }
+        None => {
+            h.remove(&XF_HOST);
+        }
+    }
+    h.insert(&XF_PORT, HeaderValue::from(port));
+
+    let mut elem = String::with_capacity(64);
+    match client {
+        IpAddr::V4(_) => {
+            let _ = write!(elem, "for={ip}");
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(elem, "for=\"[{ip}]\"");
+        }
+    }
+    elem.push_str(";proto=https");
+    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+        if host.contains(':') {
+            let _ = write!(elem, ";host=\"{host}\"");
+        } else {
+            let _ = write!(elem, ";host={host}");
+        }
+    }
+    let fwd = joined(h, &header::FORWARDED, &elem);
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        h.insert(header::FORWARDED, v);
+    }
+}
+
+/// Every value already there, joined by `, `, with `last` appended.
+fn joined(h: &HeaderMap, name: &HeaderName, last: &str) -> String {
+    let mut out = String::new();
+    for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if !v.is_empty() {
+            out.push_str(v);
+            out.push_str(", ");
+        }
+    }
+    out.push_str(last);
+    out
+}
+
+/// Whether a client's `X-Request-Id` may be kept: 1 to 128 visible ASCII characters.
+pub fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+/// A fresh request id (UUID v4).
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The request id to use: the client's if valid, else a fresh one.
+pub fn request_id(h: &HeaderMap) -> HeaderValue {
+    match h.get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    }
+}
+
+/// An estimate of the request head's size on the wire, for `--max-header-bytes`.
+pub fn head_size(h: &HeaderMap, request_line: usize) -> usize {
+    h.iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + request_line
+        + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_named_headers_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false, false);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_length() {
+        let mut h = map(&[("connection", "host, content-length"), ("host", "a"), ("content-length", "3")]);
+        strip_hop_by_hop(&mut h, false, false);
+        assert_eq!(h["host"], "a");
+        assert_eq!(h["content-length"], "3");
+    }
+
+    #[test]
+    fn upgrade_kept_for_websocket() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true, false);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn te_trailers_only_towards_h2c() {
+        let mut h = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h, false, true);
+        assert_eq!(h["te"], "trailers");
+        let mut h = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h, false, false);
+        assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_v4() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-port", "80"),
+            ("forwarded", "for=10.0.0.1"),
+        ]);
+        let host = HeaderValue::from_static("app.example.com:8443");
+        add_forwarded(&mut h, "192.0.2.7".parse().expect("ip"), Some(&host), 8443);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example.com:8443");
+        assert_eq!(h["x-forwarded-port"], "8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1, for=192.0.2.7;proto=https;host=\"app.example.com:8443\""
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_v6_no_host() {
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::1".parse().expect("ip"), None, 443);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https");
+        let host = HeaderValue::from_static("example.com");
+        add_forwarded(&mut h, "::1".parse().expect("ip"), Some(&host), 443);
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https, for=\"[::1]\";proto=https;host=example.com");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!valid_request_id(&HeaderValue::from_static("has space")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        let long = "a".repeat(129);
+        assert!(!valid_request_id(&HeaderValue::from_str(&long).expect("v")));
+        assert!(valid_request_id(&HeaderValue::from_str(&long[..128]).expect("v")));
+        let fresh = new_request_id();
+        assert_eq!(fresh.len(), 36);
+        assert!(valid_request_id(&fresh));
+    }
+}

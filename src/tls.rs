@@ -1,0 +1,431 @@
+//! The TLS stage: rustls server configuration (versions, ALPN, server cipher
+//! order, session tickets, client verification) and the timed handshake that
+//! turns a TCP stream into a TLS stream plus what the request stage needs to
+//! know about the connection.
+
+pub mod san;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use x509_parser::prelude::*;
+
+use crate::certs::CertStore;
+use crate::config::{ClientAuth, Config};
+use san::{ClientIdentity, SanPattern};
+
+/// What the HTTP stage knows about a client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The TLS listener's port (for `X-Forwarded-Port` and redirects).
+    pub local_port: u16,
+    /// The SNI the client sent.
+    pub sni: Option<Box<str>>,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub tls_version: &'static str,
+    /// ALPN chose HTTP/2.
+    pub h2: bool,
+    /// The `X-Forwarded-Client-Cert` value for a verified client certificate.
+    pub xfcc: Option<HeaderValue>,
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// `--handshake-timeout` passed.
+    #[error("TLS handshake timed out")]
+    Timeout,
+    /// The peer sent something rustls refused, or went away.
+    #[error("TLS handshake failed: {0}")]
+    Failed(std::io::Error),
+}
+
+/// The crypto provider everything TLS uses: aws-lc-rs.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The client verification policy, rebuilt when `--client-ca` changes.
+#[derive(Debug, Clone)]
+pub struct ClientPolicy {
+    /// The CA bundle file.
+    pub ca: std::path::PathBuf,
+    /// required or optional.
+    pub auth: ClientAuth,
+    /// `--allow-san`.
+    pub allow: Arc<Vec<SanPattern>>,
+}
+
+impl ClientPolicy {
+    /// From the configuration; `None` without `--client-ca`.
+    pub fn from_config(cfg: &Config) -> Option<Self> {
+        cfg.client_ca.as_ref().map(|ca| Self {
+            ca: ca.clone(),
+            auth: cfg.client_auth,
+            allow: Arc::new(cfg.allow_san.clone()),
+        })
+    }
+
+    /// Reads the CA bundle and builds the verifier.
+    pub fn verifier(
+        &self,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Arc<dyn ClientCertVerifier>, String> {
+        let pem = std::fs::read(&self.ca)
+            .map_err(|e| format!("cannot read {}: {e}", self.ca.display()))?;
+        let mut roots = RootCertStore::empty();
+        let mut n = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: invalid PEM: {e}", self.ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: unusable CA certificate: {e}", self.ca.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{}: no PEM certificate found", self.ca.display()));
+        }
+        let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let builder = match self.auth {
+            ClientAuth::Required => builder,
+            ClientAuth::Optional => builder.allow_unauthenticated(),
+        };
+        let inner = builder
+            .build()
+            .map_err(|e| format!("{}: {e}", self.ca.display()))?;
+        if self.allow.is_empty() {
+            Ok(inner)
+        } else {
+            Ok(Arc::new(AllowSanVerifier {
+                inner,
+                allow: self.allow.clone(),
+            }))
+        }
+    }
+}
+
+/// Holds the current `ServerConfig`; a client-CA change swaps in a new one.
+pub struct TlsAcceptor {
+    config: ArcSwap<ServerConfig>,
+    store: Arc<CertStore>,
+    provider: Arc<CryptoProvider>,
+    tls13_only: bool,
+}
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptor").finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptor {
+    /// Builds the acceptor over the certificate store and client policy.
+    pub fn new(
+        store: Arc<CertStore>,
+        client: Option<&ClientPolicy>,
+        tls13_only: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, String> {
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| format!("cannot create a TLS session ticketer: {e}"))?;
+        let verifier = match client {
+            Some(p) => Some(p.verifier(&provider)?),
+            None => None,
+        };
+        // The resolver reads the store per handshake, so a server certificate
+        // rotation keeps this config and its ticket keys: no handshake storm.
+        let config = build_config(&store, verifier, tls13_only, &provider, ticketer)?;
+        Ok(Self {
+            config: ArcSwap::from_pointee(config),
+            store,
+            provider,
+            tls13_only,
+        })
+    }
+
+    /// Swaps in a new client verifier. Tickets and the session cache are replaced
+    /// too, so no session established under the old trust can be resumed.
+    pub fn set_client_policy(&self, client: Option<&ClientPolicy>) -> Result<(), String> {
+        let verifier = match client {
+            Some(p) => Some(p.verifier(&self.provider)?),
+            None => None,
+        };
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| format!("cannot create a TLS session ticketer: {e}"))?;
+        let config = build_config(&self.store, verifier, self.tls13_only, &self.provider, ticketer)?;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// The certificate store.
+    pub fn store(&self) -> &Arc<CertStore> {
+        &self.store
+    }
+
+    /// Runs a handshake within `timeout` (zero: no limit).
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        local_port: u16,
+        timeout: Duration,
+    ) -> Result<(TlsStream<TcpStream>, ConnInfo), HandshakeError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
+        let hs = acceptor.accept(tcp);
+        let stream = if timeout.is_zero() {
+            hs.await.map_err(HandshakeError::Failed)?
+        } else {
+            tokio::time::timeout(timeout, hs)
+                .await
+                .map_err(|_| HandshakeError::Timeout)?
+                .map_err(HandshakeError::Failed)?
+        };
+        let (_, conn) = stream.get_ref();
+        let info = ConnInfo {
+            peer,
+            local_port,
+            sni: conn.server_name().map(Box::from),
+            tls_version: match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                _ => "TLSv1.2",
+            },
+            h2: conn.alpn_protocol() == Some(b"h2"),
+            xfcc: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| xfcc(leaf.as_ref())),
+        };
+        Ok((stream, info))
+    }
+}
+
+fn build_config(
+    store: &Arc<CertStore>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    tls13_only: bool,
+    provider: &Arc<CryptoProvider>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+) -> Result<ServerConfig, String> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // SPEC: the server's cipher-suite order, not the client's.
+    config.ignore_client_order = true;
+    config.ticketer = ticketer;
+    config.session_storage = ServerSessionMemoryCache::new(4096);
+    Ok(config)
+}
+
+/// Wraps a WebPKI verifier and refuses verified certificates whose identity
+/// matches no `--allow-san` pattern, so the handshake itself fails.
+#[derive(Debug)]
+struct AllowSanVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allow: Arc<Vec<SanPattern>>,
+}
+
+impl ClientCertVerifier for AllowSanVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let id = identity(end_entity.as_ref()).unwrap_or_default();
+        if self.allow.iter().any(|p| p.matches(&id)) {
+            Ok(ok)
+        } else {
+            tracing::info!(
+                dns = ?id.dns, uri = ?id.uri, cn = ?id.cn,
+                "client certificate refused: no --allow-san pattern matches"
+            );
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The DNS, URI and CN identities of a certificate.
+pub fn identity(der: &[u8]) -> Option<ClientIdentity> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let mut id = ClientIdentity::default();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => id.dns.push(d.to_string()),
+                GeneralName::URI(u) => id.uri.push(u.to_string()),
+                _ => {}
+            }
+        }
+    }
+    id.cn = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|a| a.as_str().ok().map(str::to_string))
+        .collect();
+    Some(id)
+}
+
+/// Envoy's `X-Forwarded-Client-Cert`: `Hash=..;Subject="..";URI=..;DNS=..`.
+pub fn xfcc(der: &[u8]) -> Option<HeaderValue> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let hash = Sha256::digest(der);
+    let mut out = String::with_capacity(256);
+    out.push_str("Hash=");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out.push_str(";Subject=\"");
+    for c in rfc4514(cert.subject()).chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::URI(u) = n {
+                out.push_str(";URI=");
+                out.push_str(u);
+            }
+        }
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                out.push_str(";DNS=");
+                out.push_str(d);
+            }
+        }
+    }
+    HeaderValue::from_str(&out).ok()
+}
+
+/// A distinguished name as RFC 4514 text: last RDN first, `,` between RDNs.
+pub fn rfc4514(name: &X509Name<'_>) -> String {
+    let mut rdns = Vec::new();
+    for rdn in name.iter().collect::<Vec<_>>().into_iter().rev() {
+        let mut parts = Vec::new();
+        for attr in rdn.iter() {
+            let oid = attr.attr_type().to_id_string();
+            let key = match oid.as_str() {
+                "2.5.4.3" => "CN".to_string(),
+                "2.5.4.6" => "C".to_string(),
+                "2.5.4.7" => "L".to_string(),
+                "2.5.4.8" => "ST".to_string(),
+                "2.5.4.9" => "STREET".to_string(),
+                "2.5.4.10" => "O".to_string(),
+                "2.5.4.11" => "OU".to_string(),
+                "0.9.2342.19200300.100.1.25" => "DC".to_string(),
+                "0.9.2342.19200300.100.1.1" => "UID".to_string(),
+                _ => oid,
+            };
+            let value = match attr.as_str() {
+                Ok(s) => escape_rfc4514(s),
+                Err(_) => {
+                    let mut hex = String::from("#");
+                    for b in attr.attr_value().data.iter() {
+                        hex.push_str(&format!("{b:02x}"));
+                    }
+                    hex
+                }
+            };
+            parts.push(format!("{key}={value}"));
+        }
+        rdns.push(parts.join("+"));
+    }
+    rdns.join(",")
+}
+
+fn escape_rfc4514(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let last = s.chars().count().saturating_sub(1);
+    for (i, c) in s.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == ' ' || c == '#'))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        if c == '\0' {
+            out.push_str("\\00");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_rfc4514;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(escape_rfc4514("a,b"), "a\\,b");
+        assert_eq!(escape_rfc4514(" x "), "\\ x\\ ");
+        assert_eq!(escape_rfc4514("#x"), "\\#x");
+        assert_eq!(escape_rfc4514("plain"), "plain");
+    }
+}

@@ -1,0 +1,262 @@
+//! The upstream stage: one pooled keep-alive client per distinct primary
+//! (`http://`, `h2c://`, `unix:`), with a connector that times out and says
+//! *why* a connect failed, so each failure maps to its SPEC kind.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::error::ErrorKind;
+use crate::routing::UpstreamAddr;
+use crate::stack::body::{BodyError, ReqBody};
+
+/// Why a connect failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The primary refused.
+    #[error("connection refused: {0}")]
+    Refused(io::Error),
+    /// `--connect-timeout` passed.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// Anything else (unreachable, no such socket, DNS).
+    #[error("connect failed: {0}")]
+    Failed(io::Error),
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    Tcp(Arc<str>),
+    Unix(Arc<PathBuf>),
+}
+
+/// Connects to one fixed upstream whatever the request URI says.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    target: Target,
+    timeout: Duration,
+}
+
+/// A TCP or Unix stream to a primary.
+pub enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix socket.
+    Unix(UnixStream),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connector {
+    /// A connector for `addr` with `--connect-timeout` (zero: none).
+    pub fn new(addr: &UpstreamAddr, timeout: Duration) -> Self {
+        let target = match addr {
+            UpstreamAddr::Http(a) | UpstreamAddr::H2c(a) => Target::Tcp(Arc::from(a.as_str())),
+            UpstreamAddr::Unix(p) => Target::Unix(Arc::new(p.clone())),
+        };
+        Self { target, timeout }
+    }
+
+    /// Opens one connection (also used by the readiness check).
+    pub async fn connect(&self) -> Result<Stream, ConnectError> {
+        let fut = async {
+            match &self.target {
+                Target::Tcp(a) => {
+                    let s = match a.parse::<SocketAddr>() {
+                        Ok(sa) => TcpStream::connect(sa).await,
+                        Err(_) => TcpStream::connect(&**a).await,
+                    }
+                    .map_err(classify)?;
+                    // Requests are small writes; never wait for Nagle.
+                    let _ = s.set_nodelay(true);
+                    Ok(Stream::Tcp(s))
+                }
+                Target::Unix(p) => UnixStream::connect(&**p)
+                    .await
+                    .map(Stream::Unix)
+                    .map_err(classify),
+            }
+        };
+        if self.timeout.is_zero() {
+            fut.await
+        } else {
+            match tokio::time::timeout(self.timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(ConnectError::Timeout(self.timeout)),
+            }
+        }
+    }
+}
+
+fn classify(e: io::Error) -> ConnectError {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        ConnectError::Refused(e)
+    } else {
+        ConnectError::Failed(e)
+    }
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<Stream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+    }
+}
+
+/// One primary: its address, the scheme and authority requests are sent with,
+/// and the pooled client.
+pub struct Upstream {
+    /// Where it is.
+    pub addr: UpstreamAddr,
+    /// `http://AUTHORITY` prefix for request URIs (the pool key).
+    pub base: http::uri::Authority,
+    /// Speaks HTTP/2.
+    pub h2: bool,
+    /// The pooled client.
+    pub client: Client<Connector, ReqBody>,
+    /// A bare connector for readiness checks.
+    pub connector: Connector,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upstream({})", self.addr)
+    }
+}
+
+impl Upstream {
+    /// Builds the client for `addr`.
+    pub fn new(addr: &UpstreamAddr, connect_timeout: Duration) -> Self {
+        let connector = Connector::new(addr, connect_timeout);
+        let h2 = matches!(addr, UpstreamAddr::H2c(_));
+        let base = match addr {
+            UpstreamAddr::Http(a) | UpstreamAddr::H2c(a) => a.parse().ok(),
+            UpstreamAddr::Unix(_) => None,
+        }
+        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+        let mut b = Client::builder(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            // Shorter than the keep-alive timeout of common app servers, so
+            // portico drops an idle connection before the primary does.
+            .pool_idle_timeout(Duration::from_secs(30))
+            .set_host(false)
+            .retry_canceled_requests(true);
+        if h2 {
+            b.http2_only(true)
+                .http2_adaptive_window(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_timeout(Duration::from_secs(10));
+        } else {
+            b.http1_max_buf_size(1 << 20);
+        }
+        Self {
+            addr: addr.clone(),
+            base,
+            h2,
+            client: b.build(connector.clone()),
+            connector,
+        }
+    }
+}
+
+/// Maps a client error to its SPEC kind, with the detail for the log line.
+pub fn classify_error(e: &hyper_util::client::legacy::Error) -> ErrorKind {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return match c {
+                ConnectError::Refused(_) => ErrorKind::ConnectRefused,
+                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
+                ConnectError::Failed(_) => ErrorKind::ConnectFailed,
+            };
+        }
+        if let Some(b) = err.downcast_ref::<BodyError>() {
+            return match b {
+                BodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
+                BodyError::Timeout(_) | BodyError::Peer(_) => ErrorKind::BadRequest,
+            };
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_status() {
+                return ErrorKind::BadUpstreamResponse;
+            }
+        }
+        src = err.source();
+    }
+    if e.is_connect() {
+        ErrorKind::ConnectFailed
+    } else {
+        ErrorKind::UpstreamReset
+    }
+}
