@@ -1,0 +1,457 @@
+//! Shared test support: a fresh rcgen PKI per test, portico started in-process
+//! on 127.0.0.1:0, real upstream servers, and real TLS clients that trust only
+//! the test CA.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico::app::{self, App};
+use portico::config::{CertSource, Config};
+use portico::routing::UpstreamAddr;
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use rustls::RootCertStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+static INIT: Once = Once::new();
+
+/// Installs the crypto provider and a test log writer, once per binary.
+pub fn init() {
+    INIT.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A PEM certificate chain and key.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pair {
+    /// Writes `tls.crt` and `tls.key` into `dir`.
+    pub fn write_to(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let c = dir.join("tls.crt");
+        let k = dir.join("tls.key");
+        std::fs::write(&c, &self.cert_pem).expect("write cert");
+        std::fs::write(&k, &self.key_pem).expect("write key");
+        (c, k)
+    }
+
+    /// The leaf as DER.
+    pub fn leaf_der(&self) -> CertificateDer<'static> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .next()
+            .expect("a cert")
+            .expect("valid pem")
+    }
+}
+
+/// A throwaway CA.
+pub struct Pki {
+    issuer: Issuer<'static, KeyPair>,
+    pub ca_pem: String,
+    ca_der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("ca");
+        Self {
+            ca_pem: cert.pem(),
+            ca_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn server(&self, names: &[&str]) -> Pair {
+        self.leaf(names, |_| {})
+    }
+
+    /// A leaf with extra settings.
+    pub fn leaf(&self, names: &[&str], f: impl FnOnce(&mut CertificateParams)) -> Pair {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        f(&mut params);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A client certificate with a CN, DNS and URI SANs.
+    pub fn client(&self, cn: &str, dns: &[&str], uris: &[&str]) -> Pair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::OrganizationName, "Test Org");
+        for d in dns {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*d).try_into().expect("dns")));
+        }
+        for u in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*u).try_into().expect("uri")));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        Pair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    pub fn roots(&self) -> RootCertStore {
+        let mut r = RootCertStore::empty();
+        r.add(self.ca_der.clone()).expect("root");
+        r
+    }
+}
+
+/// A TLS client configuration trusting `roots`, offering `alpn`.
+pub fn client_config(roots: RootCertStore, alpn: &[&[u8]], cert: Option<&Pair>) -> rustls::ClientConfig {
+    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let mut c = match cert {
+        Some(p) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(p.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("chain");
+            let key = PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).expect("key");
+            b.with_client_auth_cert(chain, key).expect("client auth")
+        }
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    c
+}
+
+/// Opens a TLS connection to `addr` with SNI `sni`.
+pub async fn tls_connect(addr: SocketAddr, sni: &str, cfg: rustls::ClientConfig) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let name = ServerName::try_from(sni.to_string()).expect("server name");
+    connector.connect(name, tcp).await
+}
+
+/// An HTTP/1.1 client connection over TLS.
+pub async fn h1(addr: SocketAddr, roots: RootCertStore) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tls = tls_connect(addr, "localhost", client_config(roots, &[b"http/1.1"], None))
+        .await
+        .expect("tls connect");
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn.with_upgrades());
+    send
+}
+
+/// An HTTP/2 client connection over TLS.
+pub async fn h2(addr: SocketAddr, roots: RootCertStore) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tls = tls_connect(addr, "localhost", client_config(roots, &[b"h2"], None))
+        .await
+        .expect("tls connect");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// A full response, collected.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn collect(resp: Response<Incoming>) -> Got {
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("body");
+    let trailers = collected.trailers().cloned();
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+/// `GET path` over a fresh HTTP/1.1 connection.
+pub async fn get(addr: SocketAddr, roots: RootCertStore, path: &str) -> Got {
+    let mut c = h1(addr, roots).await;
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    collect(c.send_request(req).await.expect("response")).await
+}
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP server on 127.0.0.1:0.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn h2c_url(&self) -> String {
+        format!("h2c://{}", self.addr)
+    }
+    pub fn last(&self) -> Seen {
+        self.seen.lock().expect("lock").last().cloned().expect("a request reached the upstream")
+    }
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Handler = Arc<dyn Fn(Seen) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
+
+/// An upstream whose answers come from `f`; it records every request (body read whole).
+pub async fn upstream_with<F, Fut>(h2c: bool, f: F) -> Upstream
+where
+    F: Fn(Seen) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let handler: Handler = Arc::new(move |s| Box::pin(f(s)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    let seen = seen.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let s = Seen {
+                            method: parts.method,
+                            uri: parts.uri,
+                            version: parts.version,
+                            headers: parts.headers,
+                            body,
+                        };
+                        seen.lock().expect("lock").push(s.clone());
+                        Ok::<_, std::convert::Infallible>(handler(s).await)
+                    }
+                });
+                let io = TokioIo::new(tcp);
+                if h2c {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .with_upgrades()
+                        .await;
+                }
+            });
+        }
+    });
+    Upstream { addr, seen, task }
+}
+
+/// An upstream that answers `200` with body `hello from upstream`.
+pub async fn hello_upstream() -> Upstream {
+    upstream_with(false, |_| async {
+        Response::new(Full::new(Bytes::from_static(b"hello from upstream")))
+    })
+    .await
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then closed).
+pub async fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a
+}
+
+/// portico running in this test's runtime.
+pub struct Portico {
+    pub tls_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub redirect_addr: Option<SocketAddr>,
+    pub pki: Pki,
+    pub dir: tempfile::TempDir,
+    pub drain: Arc<portico::shutdown::Drain>,
+    pub metrics: Arc<portico::telemetry::Metrics>,
+    pub tls: Arc<portico::tls::TlsAcceptor>,
+    pub run: tokio::task::JoinHandle<()>,
+}
+
+impl Portico {
+    pub fn roots(&self) -> RootCertStore {
+        self.pki.roots()
+    }
+    pub async fn get(&self, path: &str) -> Got {
+        get(self.tls_addr, self.roots(), path).await
+    }
+    pub async fn h1(&self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        h1(self.tls_addr, self.roots()).await
+    }
+    pub async fn h2(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        h2(self.tls_addr, self.roots()).await
+    }
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
+/// A configuration for tests: loopback, port 0, a localhost certificate from `pki`.
+pub fn test_config(pki: &Pki, dir: &Path, upstream: &str) -> Config {
+    let pair = pki.server(&["localhost", "127.0.0.1"]);
+    let (cert, key) = pair.write_to(&dir.join("tls"));
+    let mut cfg = Config::defaults();
+    cfg.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.admin_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    cfg.upstream = UpstreamAddr::parse(upstream).expect("upstream");
+    cfg.certs = vec![CertSource { cert, key, option: "tls-dir" }];
+    cfg.access_log = false;
+    cfg.workers = 2;
+    cfg
+}
+
+/// Starts portico with the test config, adjusted by `f`.
+pub async fn start(upstream: &str, f: impl FnOnce(&mut Config, &Pki, &Path)) -> Portico {
+    init();
+    let pki = Pki::new("portico test CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(&pki, dir.path(), upstream);
+    f(&mut cfg, &pki, dir.path());
+    let app: App = app::build(cfg).await.expect("portico starts");
+    let p = Portico {
+        tls_addr: app.tls_addr,
+        admin_addr: app.admin_addr,
+        redirect_addr: app.redirect_addr,
+        pki,
+        dir,
+        drain: app.drain.clone(),
+        metrics: app.metrics.clone(),
+        tls: app.tls.clone(),
+        run: tokio::spawn(app.run()),
+    };
+    p
+}
+
+/// Plain HTTP/1.1 GET to the admin server (or any plain listener).
+pub async fn plain_get(addr: SocketAddr, path: &str) -> Got {
+    plain_request(addr, http::Method::GET, path).await
+}
+
+pub async fn plain_request(addr: SocketAddr, method: http::Method, path: &str) -> Got {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    collect(send.send_request(req).await.expect("response")).await
+}
+
+/// Polls `f` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("not within {within:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The value of one sample line in a Prometheus text exposition, e.g.
+/// `portico_requests_total{route="default",code="200"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
