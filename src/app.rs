@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
+use crate::certs::reload::{self, Reloader};
 use crate::certs::{self, CertStore};
 use crate::config::Config;
 use crate::readiness::{self, Readiness};
@@ -84,6 +85,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The TLS acceptor (and its certificate store).
     pub tls: Arc<TlsAcceptor>,
+    /// The certificate reloader (`SIGHUP` calls `reload_all`).
+    pub reloader: Arc<Reloader>,
     shared: Arc<Shared>,
 }
 
@@ -163,6 +166,26 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
     };
     tokio::spawn(listener::run(tls_listener, loaded.tls.clone(), shared.clone()));
 
+    let watched: Vec<_> = cfg
+        .certs
+        .iter()
+        .flat_map(|c| [c.cert.clone(), c.key.clone()])
+        .chain(cfg.client_ca.clone())
+        .collect();
+    for p in reload::unrotatable(&watched) {
+        tracing::warn!(path = %p.display(),
+            "this certificate file is bind-mounted on its own (a Secret mounted with subPath?) and will never rotate: mount the whole Secret as a directory and use --tls-dir");
+    }
+    let reloader = Arc::new(Reloader::new(
+        loaded.store.clone(),
+        loaded.tls.clone(),
+        ClientPolicy::from_config(&cfg),
+        metrics.clone(),
+        tls::provider(),
+    ));
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(reloader.clone().run(cfg.cert_poll_interval, cfg.watch_files, events_rx, events_tx));
+
     Ok(App {
         tls_addr,
         admin_addr,
@@ -170,6 +193,7 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
         drain,
         metrics,
         tls: loaded.tls,
+        reloader,
         shared,
     })
 }

@@ -140,6 +140,8 @@ pub struct Config {
     pub log_level: String,
     /// `--access-log`.
     pub access_log: bool,
+    /// `--cert-watch`: react to file events besides the poll.
+    pub watch_files: bool,
 }
 
 /// What the command line asks for.
@@ -194,6 +196,7 @@ const OPTION_NAMES: &[&str] = &[
     "drain-timeout",
     "workers",
     "cert-poll-interval",
+    "cert-watch",
     "log-format",
     "log-level",
     "access-log",
@@ -305,6 +308,7 @@ fn cli_sources(m: &ArgMatches, opts: &cli::Opts) -> BTreeMap<&'static str, Given
     put("drain-timeout", o(&opts.drain_timeout));
     put("workers", o(&opts.workers));
     put("cert-poll-interval", o(&opts.cert_poll_interval));
+    put("cert-watch", o(&opts.cert_watch));
     put("log-format", o(&opts.log_format));
     put("log-level", o(&opts.log_level));
     put("access-log", o(&opts.access_log));
@@ -555,6 +559,7 @@ impl Config {
                     .map_err(|e| format!("'{v}' is not a level or directive list: {e}"))
             })?,
             access_log: s.parse("access-log", true, parse_on_off)?,
+            watch_files: s.parse("cert-watch", true, parse_on_off)?,
         })
     }
 

@@ -79,8 +79,7 @@ fn main() -> ExitCode {
 fn spawn_signal_handler(app: &app::App) {
     use tokio::signal::unix::{signal, SignalKind};
     let drain = app.drain.clone();
-    let tls = app.tls.clone();
-    let _ = tls;
+    let reloader = app.reloader.clone();
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
@@ -97,6 +96,9 @@ fn spawn_signal_handler(app: &app::App) {
                 _ = int.recv() => {}
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading certificates");
+                    let r = reloader.clone();
+                    let outcome = tokio::task::spawn_blocking(move || r.reload_all()).await;
+                    tracing::info!(?outcome, "SIGHUP reload done");
                     continue;
                 }
             }

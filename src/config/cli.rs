@@ -110,6 +110,9 @@ pub struct Opts {
     /// How often certificate files are re-read [default: 10s].
     #[arg(long, global = true, env = "PORTICO_CERT_POLL_INTERVAL", value_name = "D")]
     pub cert_poll_interval: Option<String>,
+    /// on or off: also react to file events, not only the poll [default: on].
+    #[arg(long, global = true, env = "PORTICO_CERT_WATCH", value_name = "on/off")]
+    pub cert_watch: Option<String>,
     /// text or json [default: text].
     #[arg(long, global = true, env = "PORTICO_LOG_FORMAT", value_name = "F")]
     pub log_format: Option<String>,
