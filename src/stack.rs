@@ -160,6 +160,7 @@ struct Finish {
     start: Instant,
     method: Method,
     uri: Uri,
+    version: Version,
     status: StatusCode,
     route: usize,
     request_id: HeaderValue,
@@ -181,6 +182,7 @@ impl OnDone for Finish {
                 client = %self.conn.peer,
                 method = %self.method,
                 path = %self.uri.path(),
+                proto = ?self.version,
                 status = self.status.as_u16(),
                 route = %self.shared.route_names[self.route],
                 upstream = %self.shared.upstreams[self.route].addr,
@@ -237,6 +239,7 @@ where
         };
         let method = req.method().clone();
         let uri = req.uri().clone();
+        let version = req.version();
 
         let fut = self.inner.call(req);
         let shared = self.shared.clone();
@@ -272,6 +275,7 @@ where
                 start,
                 method,
                 uri,
+                version,
                 status,
                 route,
                 request_id,
