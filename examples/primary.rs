@@ -81,11 +81,17 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
 }
 
 #[tokio::main]
+#[allow(dead_code)]
 async fn main() -> std::io::Result<()> {
     let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(8080);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = TcpListener::bind(addr).await?;
     eprintln!("sample primary listening on http://{addr}");
+    serve(listener).await
+}
+
+/// Serves the sample primary on `listener` (tests embed it this way).
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
     loop {
         let (tcp, _) = listener.accept().await?;
         tokio::spawn(async move {
