@@ -153,10 +153,37 @@ pub struct Observe<S> {
     activity: Arc<ConnActivity>,
 }
 
-struct Finish {
+/// Counts a request in flight (for the drain and the connection's clock) from
+/// its head until its response ends, or until hyper drops it unanswered
+/// because the client went away.
+struct InFlightGuard {
     shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
     activity: Arc<ConnActivity>,
+    h1: bool,
+}
+
+impl InFlightGuard {
+    fn new(shared: Arc<Shared>, activity: Arc<ConnActivity>, h1: bool) -> Self {
+        activity.request_started();
+        shared.drain.requests.fetch_add(1, Ordering::AcqRel);
+        Self {
+            shared,
+            activity,
+            h1,
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.shared.drain.requests.fetch_sub(1, Ordering::AcqRel);
+        self.activity.request_finished(self.h1);
+    }
+}
+
+struct Finish {
+    guard: InFlightGuard,
+    conn: Arc<ConnInfo>,
     start: Instant,
     method: Method,
     uri: Uri,
@@ -170,9 +197,8 @@ struct Finish {
 
 impl OnDone for Finish {
     fn done(self: Box<Self>, bytes_out: u64, complete: bool) {
-        self.shared.drain.requests.fetch_sub(1, Ordering::AcqRel);
-        self.activity.request_finished(!self.conn.h2);
-        if self.shared.cfg.access_log {
+        let shared = &self.guard.shared;
+        if shared.cfg.access_log {
             let bytes_in = self
                 .progress
                 .as_ref()
@@ -184,8 +210,8 @@ impl OnDone for Finish {
                 path = %self.uri.path(),
                 proto = ?self.version,
                 status = self.status.as_u16(),
-                route = %self.shared.route_names[self.route],
-                upstream = %self.shared.upstreams[self.route].addr,
+                route = %shared.route_names[self.route],
+                upstream = %shared.upstreams[self.route].addr,
                 duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
                 bytes_in,
                 bytes_out,
@@ -214,8 +240,7 @@ where
 
     fn call(&mut self, mut req: Request<Incoming>) -> BoxFut {
         let start = Instant::now();
-        self.activity.request_started();
-        self.shared.drain.requests.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlightGuard::new(self.shared.clone(), self.activity.clone(), !self.conn.h2);
 
         let request_id = headers::request_id(req.headers());
         req.headers_mut()
@@ -244,7 +269,6 @@ where
         let fut = self.inner.call(req);
         let shared = self.shared.clone();
         let conn = self.conn.clone();
-        let activity = self.activity.clone();
         Box::pin(async move {
             let Ok(mut resp) = fut.await;
             resp.headers_mut()
@@ -269,9 +293,8 @@ where
             }
             let status = resp.status();
             resp.body_mut().set_on_done(Box::new(Finish {
-                shared,
+                guard,
                 conn,
-                activity,
                 start,
                 method,
                 uri,
