@@ -212,10 +212,20 @@ impl App {
         self.drain.advance(Phase::Closing);
         let open = self.drain.active();
         tracing::info!(connections = open, "listener closed; waiting for requests in flight");
-        if tokio::time::timeout(cfg.drain_timeout, self.drain.wait_idle())
-            .await
-            .is_err()
-        {
+        // `--drain-timeout 0` turns the limit off, as `0` does for every timeout.
+        let deadline = async {
+            if cfg.drain_timeout.is_zero() {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(cfg.drain_timeout).await
+            }
+        };
+        let timed_out = tokio::select! {
+            biased;
+            _ = self.drain.wait_idle() => false,
+            _ = deadline => true,
+        };
+        if timed_out {
             let cut = self.drain.requests.load(std::sync::atomic::Ordering::Acquire);
             tracing::warn!(
                 requests_cut = cut,

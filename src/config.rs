@@ -275,6 +275,12 @@ fn cli_sources(m: &ArgMatches, opts: &cli::Opts) -> BTreeMap<&'static str, Given
         }
         let id = name.replace('-', "_");
         let origin = match m.value_source(&id) {
+            // An environment variable set to nothing (`PORTICO_LISTEN=`, or a
+            // Pod `env` entry with `value: ""`) is unset: the file or the
+            // default applies, for a scalar and for a list alike.
+            Some(ValueSource::EnvVariable) if values.iter().all(|v| v.trim().is_empty()) => {
+                return;
+            }
             Some(ValueSource::EnvVariable) => format!("PORTICO_{}", id.to_ascii_uppercase()),
             _ => String::new(),
         };
@@ -324,7 +330,15 @@ fn file_sources(path: &str) -> Result<BTreeMap<String, Given>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {path}: {e}")))?;
     let table: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| err(format!("{path} is not valid TOML: {}", e.message())))?;
+        .map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(n) => err(format!("{path}:{n} is not valid TOML: {}", e.message())),
+                None => err(format!("{path} is not valid TOML: {}", e.message())),
+            }
+        })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
         if !OPTION_NAMES.contains(&key.as_str()) {

@@ -57,6 +57,16 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Installed before anything is bound, so a SIGTERM that arrives while
+        // the admin server already answers is a drain, never the default
+        // disposition (death by signal).
+        let signals = match Signals::install() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                None
+            }
+        };
         let app = match app::build(cfg).await {
             Ok(a) => a,
             Err(e) => {
@@ -70,25 +80,37 @@ fn main() -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "portico is serving"
         );
-        spawn_signal_handler(&app);
+        if let Some(signals) = signals {
+            spawn_signal_handler(&app, signals);
+        }
         app.run().await;
         ExitCode::SUCCESS
     })
 }
 
-fn spawn_signal_handler(app: &app::App) {
-    use tokio::signal::unix::{signal, SignalKind};
+/// SIGTERM, SIGINT and SIGHUP streams; signals arriving before the handler runs wait in them.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+fn spawn_signal_handler(app: &app::App, signals: Signals) {
     let drain = app.drain.clone();
     let reloader = app.reloader.clone();
+    let Signals { mut term, mut int, mut hup } = signals;
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         let mut drains = 0;
         loop {
             tokio::select! {
@@ -103,8 +125,14 @@ fn spawn_signal_handler(app: &app::App) {
                 }
             }
             drains += 1;
-            if drains == 1 && drain.phase() == Phase::Running {
-                tracing::info!("signal received: draining (a second signal exits at once)");
+            // The first signal drains even when `POST /shutdown` (e.g. a preStop
+            // hook) already began the drain: only a second signal cuts it short.
+            if drains == 1 {
+                if drain.phase() == Phase::Running {
+                    tracing::info!("signal received: draining (a second signal exits at once)");
+                } else {
+                    tracing::info!("signal received: already draining (a second signal exits at once)");
+                }
                 drain.advance(Phase::Draining);
             } else {
                 let n = drain.requests.load(std::sync::atomic::Ordering::Acquire);

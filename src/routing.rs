@@ -32,8 +32,11 @@ impl UpstreamAddr {
             if uri.host().is_empty() {
                 return Err(format!("'{s}' has no host"));
             }
+            // `host:notaport` parses as an authority without a usable port.
+            let has_port = rest.rsplit_once(':').is_some_and(|(h, _)| !h.ends_with(':') && !rest.ends_with(']'));
             Ok(match uri.port_u16() {
                 Some(_) => rest.to_string(),
+                None if has_port => return Err(format!("'{s}' has an invalid port")),
                 None => format!("{rest}:{default_port}"),
             })
         };

@@ -193,13 +193,17 @@ where
     });
 
     let cfg = &shared.cfg;
+    // Heads past --max-header-bytes are answered 431 by the stack, with
+    // Portico-Error; the protocol's own limit is only the backstop above it
+    // (h2 would otherwise answer a bare 431 itself).
+    let backstop = cfg.max_header_bytes.saturating_mul(2).saturating_add(16 * 1024).max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if h2 {
         builder = builder.http2_only();
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(cfg.max_header_bytes as u32)
+            .max_header_list_size(u32::try_from(backstop).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .max_pending_accept_reset_streams(Some(64))
             .max_local_error_reset_streams(Some(256))
@@ -209,9 +213,7 @@ where
         builder
             .http1()
             .timer(TokioTimer::new())
-            // Heads past --max-header-bytes are answered 431 by the stack, with
-            // Portico-Error; hyper's own limit is only the backstop above it.
-            .max_buf_size((cfg.max_header_bytes * 2 + 16 * 1024).max(8192))
+            .max_buf_size(backstop)
             .max_headers(512)
             .header_read_timeout(None)
             .keep_alive(true);

@@ -397,17 +397,14 @@ impl Service<Request<Incoming>> for Proxy {
 }
 
 /// Why a request must not be forwarded as it is, before anything is sent.
-fn refuse(req: &Request<Incoming>, cfg: &Config, h1: bool) -> Option<ErrorKind> {
+fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<ErrorKind> {
+    // Ambiguous HTTP/1 framing never gets here: hyper's parser refuses two
+    // different Content-Lengths (its plain 400) and, for Content-Length with
+    // Transfer-Encoding, drops the length, reads the chunked body and closes
+    // the connection after the answer (RFC 9112 §6.3). portico re-frames every
+    // request towards the upstream itself, so the upstream cannot read it
+    // differently. HTTP/2 carries no such headers (h2 refuses them).
     let h = req.headers();
-    if h1 {
-        let cls: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
-        if !cls.is_empty() && h.contains_key(header::TRANSFER_ENCODING) {
-            return Some(ErrorKind::BadRequest);
-        }
-        if cls.windows(2).any(|w| w[0] != w[1]) {
-            return Some(ErrorKind::BadRequest);
-        }
-    }
     let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 11;
     if headers::head_size(h, line) > cfg.max_header_bytes {
         return Some(ErrorKind::HeadersTooLarge);
@@ -440,7 +437,7 @@ async fn forward(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Request<Inco
     let h1 = !conn.h2;
     let route = req.extensions().get::<RouteId>().map_or(shared.upstreams.len() - 1, |r| r.0);
     let progress = req.extensions_mut().remove::<Arc<ReqProgress>>();
-    if let Some(kind) = refuse(&req, cfg, h1) {
+    if let Some(kind) = refuse(&req, cfg) {
         return answer(kind, h1);
     }
     let upstream = shared.upstreams[route].clone();

@@ -99,7 +99,7 @@ impl Reloader {
         let now = unix_now();
         for slot in self.store.slots() {
             let Some(src) = &slot.source else { continue };
-            let (cert, key) = match (std::fs::read(&src.cert), std::fs::read(&src.key)) {
+            let (cert, key) = match read_pair(&src.cert, &src.key) {
                 (Ok(c), Ok(k)) => (c, k),
                 (Err(e), _) | (_, Err(e)) => {
                     let marker = (Vec::new(), e.to_string().into_bytes());
@@ -202,7 +202,7 @@ impl Reloader {
         events_tx: mpsc::Sender<()>,
     ) {
         // Kept alive for as long as this task runs.
-        let _watcher = if watch {
+        let watcher = if watch {
             self.start_watcher(events_tx.clone())
         } else {
             None
@@ -212,6 +212,12 @@ impl Reloader {
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // A change made between the load at start and the watch being in place
+        // raised no event: look once now rather than at the first poll.
+        if watcher.is_some() {
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.reload_all()).await;
+        }
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -250,6 +256,25 @@ impl Reloader {
             }
         }
         Some(watcher)
+    }
+}
+
+/// Reads a certificate and its key as one consistent pair. The kubelet swaps
+/// `..data` atomically, but two reads through it can straddle a swap (old
+/// certificate, new key): when the certificate changed meanwhile, read again.
+fn read_pair(cert: &Path, key: &Path) -> (std::io::Result<Vec<u8>>, std::io::Result<Vec<u8>>) {
+    let mut tries = 0;
+    loop {
+        let c = std::fs::read(cert);
+        let k = std::fs::read(key);
+        tries += 1;
+        match (&c, &k) {
+            (Ok(first), Ok(_)) if tries < 3 => match std::fs::read(cert) {
+                Ok(again) if &again != first => continue,
+                _ => return (c, k),
+            },
+            _ => return (c, k),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600e3,
         other => return Err(format!("'{s}' has unknown unit '{other}' (use ms, s, m or h)")),
     };
-    if !ms.is_finite() || ms < 0.0 || ms > 1e12 {
+    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_micros((ms * 1e3).round() as u64))

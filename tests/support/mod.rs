@@ -396,7 +396,7 @@ pub async fn start(upstream: &str, f: impl FnOnce(&mut Config, &Pki, &Path)) -> 
     let mut cfg = test_config(&pki, dir.path(), upstream);
     f(&mut cfg, &pki, dir.path());
     let app: App = app::build(cfg).await.expect("portico starts");
-    let p = Portico {
+    Portico {
         tls_addr: app.tls_addr,
         admin_addr: app.admin_addr,
         redirect_addr: app.redirect_addr,
@@ -406,8 +406,7 @@ pub async fn start(upstream: &str, f: impl FnOnce(&mut Config, &Pki, &Path)) -> 
         metrics: app.metrics.clone(),
         tls: app.tls.clone(),
         run: tokio::spawn(app.run()),
-    };
-    p
+    }
 }
 
 /// Plain HTTP/1.1 GET to the admin server (or any plain listener).
