@@ -178,7 +178,12 @@ impl Reloader {
     fn swap(&self, slot: &super::Slot, old: &LoadedCert, new: LoadedCert) {
         let old_label = old.label();
         let new_label = new.label();
-        if old_label != new_label {
+        let still_served = self
+            .store
+            .slots()
+            .iter()
+            .any(|s| !std::ptr::eq(s, slot) && s.current.load().label() == old_label);
+        if old_label != new_label && !still_served {
             self.metrics.cert_not_after.remove(&NameLabel { name: old_label });
         }
         self.metrics
