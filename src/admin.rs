@@ -51,7 +51,9 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let mut r = text(StatusCode::OK, state.metrics.encode());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             r
         }
@@ -63,7 +65,10 @@ fn admin(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         (_, "/healthz" | "/readyz" | "/metrics" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics, POST /shutdown\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz, /metrics, POST /shutdown\n",
+        ),
     }
 }
 
@@ -92,7 +97,11 @@ pub fn redirect_location(req: &Request<Incoming>, tls_port: u16) -> Option<Strin
     if bare.is_empty() || bare.contains(['/', '@', ' ']) {
         return None;
     }
-    let bare = if bare.contains(':') { format!("[{bare}]") } else { bare.to_string() };
+    let bare = if bare.contains(':') {
+        format!("[{bare}]")
+    } else {
+        bare.to_string()
+    };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     Some(if tls_port == 443 {
         format!("https://{bare}{pq}")
@@ -105,14 +114,15 @@ pub fn redirect_location(req: &Request<Incoming>, tls_port: u16) -> Option<Strin
 pub async fn run_redirect(listener: TcpListener, tls_port: u16, drain: Arc<Drain>) {
     let mut phase = drain.subscribe();
     let serve = serve_plain(listener, move |req| {
-        let resp = match redirect_location(&req, tls_port).and_then(|l| HeaderValue::from_str(&l).ok()) {
-            Some(loc) => {
-                let mut r = text(StatusCode::PERMANENT_REDIRECT, "");
-                r.headers_mut().insert(header::LOCATION, loc);
-                r
-            }
-            None => text(StatusCode::BAD_REQUEST, "no Host header to redirect to\n"),
-        };
+        let resp =
+            match redirect_location(&req, tls_port).and_then(|l| HeaderValue::from_str(&l).ok()) {
+                Some(loc) => {
+                    let mut r = text(StatusCode::PERMANENT_REDIRECT, "");
+                    r.headers_mut().insert(header::LOCATION, loc);
+                    r
+                }
+                None => text(StatusCode::BAD_REQUEST, "no Host header to redirect to\n"),
+            };
         async move { Ok::<_, Infallible>(resp) }
     });
     tokio::select! {

@@ -11,12 +11,12 @@ use crate::admin::{self, AdminState};
 use crate::certs::reload::{self, Reloader};
 use crate::certs::{self, CertStore};
 use crate::config::Config;
+use crate::listener;
 use crate::readiness::{self, Readiness};
 use crate::shutdown::{reached, Drain, Phase};
 use crate::stack::Shared;
 use crate::telemetry::{Metrics, NameLabel};
 use crate::tls::{self, ClientPolicy, TlsAcceptor};
-use crate::listener;
 
 /// Why portico cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +53,16 @@ pub struct Loaded {
 pub fn load(cfg: &Config) -> Result<Loaded, StartError> {
     let provider = tls::provider();
     let (store, warnings) = CertStore::load(&cfg.certs, &provider).map_err(|e| {
+        let at = e.path();
         let option = cfg
             .certs
             .iter()
-            .find(|c| e.to_string().contains(&*c.cert.to_string_lossy()) || e.to_string().contains(&*c.key.to_string_lossy()))
-            .map_or("tls-cert", |c| c.option);
+            .find_map(|c| match c.option {
+                "tls-cert" if c.key == at => Some("tls-key"),
+                o if c.cert == at || c.key == at => Some(o),
+                _ => None,
+            })
+            .unwrap_or("tls-cert");
         StartError::Config(format!("--{option}: {e}"))
     })?;
     let store = Arc::new(store);
@@ -132,7 +137,10 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
     let drain = Arc::new(Drain::default());
     let shared = Arc::new(Shared::new(cfg.clone(), metrics.clone(), drain.clone()));
 
-    let ready = Arc::new(Readiness::new(drain.clone(), cfg.ready_check == crate::config::ReadyCheck::None));
+    let ready = Arc::new(Readiness::new(
+        drain.clone(),
+        cfg.ready_check == crate::config::ReadyCheck::None,
+    ));
     let default_upstream = shared.upstreams[shared.upstreams.len() - 1].clone();
     tokio::spawn(readiness::run_checks(
         ready.clone(),
@@ -164,7 +172,11 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
         }
         None => None,
     };
-    tokio::spawn(listener::run(tls_listener, loaded.tls.clone(), shared.clone()));
+    tokio::spawn(listener::run(
+        tls_listener,
+        loaded.tls.clone(),
+        shared.clone(),
+    ));
 
     let watched: Vec<_> = cfg
         .certs
@@ -184,7 +196,12 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
         tls::provider(),
     ));
     let (events_tx, events_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(reloader.clone().run(cfg.cert_poll_interval, cfg.watch_files, events_rx, events_tx));
+    tokio::spawn(reloader.clone().run(
+        cfg.cert_poll_interval,
+        cfg.watch_files,
+        events_rx,
+        events_tx,
+    ));
 
     Ok(App {
         tls_addr,
@@ -211,7 +228,10 @@ impl App {
         tokio::time::sleep(cfg.drain_delay).await;
         self.drain.advance(Phase::Closing);
         let open = self.drain.active();
-        tracing::info!(connections = open, "listener closed; waiting for requests in flight");
+        tracing::info!(
+            connections = open,
+            "listener closed; waiting for requests in flight"
+        );
         // `--drain-timeout 0` turns the limit off, as `0` does for every timeout.
         let deadline = async {
             if cfg.drain_timeout.is_zero() {
@@ -226,7 +246,10 @@ impl App {
             _ = deadline => true,
         };
         if timed_out {
-            let cut = self.drain.requests.load(std::sync::atomic::Ordering::Acquire);
+            let cut = self
+                .drain
+                .requests
+                .load(std::sync::atomic::Ordering::Acquire);
             tracing::warn!(
                 requests_cut = cut,
                 connections = self.drain.active(),
@@ -245,7 +268,12 @@ pub fn summary(cfg: &Config, loaded: &Loaded) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "listeners:");
-    let _ = writeln!(s, "  tls       {}  (TLS {}+, ALPN h2, http/1.1)", cfg.listen, if cfg.tls13_only { "1.3" } else { "1.2" });
+    let _ = writeln!(
+        s,
+        "  tls       {}  (TLS {}+, ALPN h2, http/1.1)",
+        cfg.listen,
+        if cfg.tls13_only { "1.3" } else { "1.2" }
+    );
     match cfg.admin_listen {
         Some(a) => {
             let _ = writeln!(s, "  admin     {a}");
@@ -269,15 +297,35 @@ pub fn summary(cfg: &Config, loaded: &Loaded) -> String {
         let from = slot
             .source
             .as_ref()
-            .map_or("self-signed (ephemeral)".to_string(), |src| src.cert.display().to_string());
+            .map_or("self-signed (ephemeral)".to_string(), |src| {
+                src.cert.display().to_string()
+            });
         let _ = writeln!(s, "  {from}");
-        let _ = writeln!(s, "    names      {}", if c.dns_names.is_empty() { c.common_name.clone().unwrap_or_default() } else { c.dns_names.join(", ") });
+        let _ = writeln!(
+            s,
+            "    names      {}",
+            if c.dns_names.is_empty() {
+                c.common_name.clone().unwrap_or_default()
+            } else {
+                c.dns_names.join(", ")
+            }
+        );
         let _ = writeln!(s, "    issuer     {}", c.issuer);
-        let _ = writeln!(s, "    not after  {} ({} days)", certs::load::fmt_unix(c.not_after), (c.not_after - now) / 86400);
+        let _ = writeln!(
+            s,
+            "    not after  {} ({} days)",
+            certs::load::fmt_unix(c.not_after),
+            (c.not_after - now) / 86400
+        );
         let _ = writeln!(s, "    key        {}", c.key_type);
     }
     if let Some(ca) = &cfg.client_ca {
-        let _ = writeln!(s, "client certificates: {:?} against {}", cfg.client_auth, ca.display());
+        let _ = writeln!(
+            s,
+            "client certificates: {:?} against {}",
+            cfg.client_auth,
+            ca.display()
+        );
     }
     s
 }

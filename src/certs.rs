@@ -46,7 +46,11 @@ impl CertStore {
         for src in sources {
             let loaded = load::load_pair(&src.cert, &src.key, provider)?;
             if let Some(problem) = loaded.validity_problem(now) {
-                warnings.push(format!("{} ({}): {problem}", src.cert.display(), src.option));
+                warnings.push(format!(
+                    "{} ({}): {problem}",
+                    src.cert.display(),
+                    src.option
+                ));
             }
             slots.push(Slot {
                 source: Some(src.clone()),
@@ -77,9 +81,10 @@ impl CertStore {
                 {
                     return c.certified.clone();
                 }
-                if let Some(c) = guards.iter().find(|c| {
-                    c.dns_names.iter().any(|n| wildcard_matches(n, name))
-                }) {
+                if let Some(c) = guards
+                    .iter()
+                    .find(|c| c.dns_names.iter().any(|n| wildcard_matches(n, name)))
+                {
                     return c.certified.clone();
                 }
             }
@@ -91,7 +96,9 @@ impl CertStore {
 /// `*.example.com` matches exactly one more label (RFC 6125), as clients check it.
 fn wildcard_matches(pattern: &str, name: &str) -> bool {
     match (pattern.strip_prefix("*."), name.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => !label.is_empty() && rest.eq_ignore_ascii_case(suffix),
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
+        }
         _ => false,
     }
 }

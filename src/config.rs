@@ -34,7 +34,11 @@ impl fmt::Display for ConfigError {
         if self.origin.is_empty() {
             write!(f, "--{}: {}", self.option, self.message)
         } else {
-            write!(f, "--{} (from {}): {}", self.option, self.origin, self.message)
+            write!(
+                f,
+                "--{} (from {}): {}",
+                self.option, self.origin, self.message
+            )
         }
     }
 }
@@ -327,18 +331,17 @@ fn file_sources(path: &str) -> Result<BTreeMap<String, Given>, ConfigError> {
         origin: String::new(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {path}: {e}")))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
-            match line {
-                Some(n) => err(format!("{path}:{n} is not valid TOML: {}", e.message())),
-                None => err(format!("{path} is not valid TOML: {}", e.message())),
-            }
-        })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {path}: {e}")))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+        match line {
+            Some(n) => err(format!("{path}:{n} is not valid TOML: {}", e.message())),
+            None => err(format!("{path} is not valid TOML: {}", e.message())),
+        }
+    })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
         if !OPTION_NAMES.contains(&key.as_str()) {
@@ -386,8 +389,15 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     } else {
         s.to_string()
     };
-    full.parse()
-        .map_err(|_| format!("'{s}' is not an address (IP:PORT, e.g. 0.0.0.0:8443 or [::]:8443)"))
+    if let Ok(a) = full.parse() {
+        return Ok(a);
+    }
+    // A host name (`localhost:8443`): its first address.
+    use std::net::ToSocketAddrs as _;
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| format!("'{s}' is not an address (IP:PORT, e.g. 0.0.0.0:8443 or [::]:8443)"))
 }
 
 fn parse_optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {

@@ -114,7 +114,10 @@ impl ErrorKind {
     /// Whether the client's connection should close after this answer: the rest
     /// of its request may still be on the wire, unread.
     pub fn closes_connection(self) -> bool {
-        matches!(self, Self::BadRequest | Self::BodyTooLarge | Self::HeadersTooLarge)
+        matches!(
+            self,
+            Self::BadRequest | Self::BodyTooLarge | Self::HeadersTooLarge
+        )
     }
 
     /// portico's own answer for this kind.

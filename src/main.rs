@@ -20,16 +20,22 @@ fn main() -> ExitCode {
         }
     };
     portico::telemetry::init_logging(cfg.log_format, &cfg.log_level);
-    if rustls::crypto::aws_lc_rs::default_provider().install_default().is_err() {
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .is_err()
+    {
         tracing::debug!("a rustls crypto provider was already installed");
     }
 
     if mode == Mode::Check {
         return match app::load(&cfg) {
             Ok(loaded) => {
-                print!("{}", app::summary(&cfg, &loaded));
+                use std::io::Write as _;
+                // A closed stdout (`portico check | head -1`) is not an error worth a panic.
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{}", app::summary(&cfg, &loaded));
                 if loaded.warnings.is_empty() {
-                    println!("ok");
+                    let _ = writeln!(out, "ok");
                     ExitCode::SUCCESS
                 } else {
                     for w in &loaded.warnings {
@@ -109,7 +115,11 @@ impl Signals {
 fn spawn_signal_handler(app: &app::App, signals: Signals) {
     let drain = app.drain.clone();
     let reloader = app.reloader.clone();
-    let Signals { mut term, mut int, mut hup } = signals;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     tokio::spawn(async move {
         let mut drains = 0;
         loop {
@@ -131,7 +141,9 @@ fn spawn_signal_handler(app: &app::App, signals: Signals) {
                 if drain.phase() == Phase::Running {
                     tracing::info!("signal received: draining (a second signal exits at once)");
                 } else {
-                    tracing::info!("signal received: already draining (a second signal exits at once)");
+                    tracing::info!(
+                        "signal received: already draining (a second signal exits at once)"
+                    );
                 }
                 drain.advance(Phase::Draining);
             } else {

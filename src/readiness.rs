@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::config::ReadyCheck;
 use crate::shutdown::{Drain, Phase};
-use crate::upstream::{Connector, ConnectError};
+use crate::upstream::{ConnectError, Connector};
 
 /// The readiness state the admin server reports.
 #[derive(Debug)]
@@ -41,7 +41,12 @@ impl Readiness {
 }
 
 /// Runs the `--ready-check` once a second until the process ends.
-pub async fn run_checks(ready: Arc<Readiness>, check: ReadyCheck, connector: Connector, upstream: String) {
+pub async fn run_checks(
+    ready: Arc<Readiness>,
+    check: ReadyCheck,
+    connector: Connector,
+    upstream: String,
+) {
     if check == ReadyCheck::None {
         ready.set(None);
         return;

@@ -33,7 +33,9 @@ impl UpstreamAddr {
                 return Err(format!("'{s}' has no host"));
             }
             // `host:notaport` parses as an authority without a usable port.
-            let has_port = rest.rsplit_once(':').is_some_and(|(h, _)| !h.ends_with(':') && !rest.ends_with(']'));
+            let has_port = rest
+                .rsplit_once(':')
+                .is_some_and(|(h, _)| !h.ends_with(':') && !rest.ends_with(']'));
             Ok(match uri.port_u16() {
                 Some(_) => rest.to_string(),
                 None if has_port => return Err(format!("'{s}' has an invalid port")),
@@ -335,8 +337,14 @@ mod tests {
     #[test]
     fn wildcard_matches_deeper_names_only() {
         let t = table(&["*.example.com/=http://a:1"]);
-        assert_eq!(pick(&t, Some("a.example.com"), "/"), "*.example.com/=http://a:1");
-        assert_eq!(pick(&t, Some("a.b.example.com"), "/"), "*.example.com/=http://a:1");
+        assert_eq!(
+            pick(&t, Some("a.example.com"), "/"),
+            "*.example.com/=http://a:1"
+        );
+        assert_eq!(
+            pick(&t, Some("a.b.example.com"), "/"),
+            "*.example.com/=http://a:1"
+        );
         assert_eq!(pick(&t, Some("example.com"), "/"), DEFAULT_ROUTE);
         assert_eq!(pick(&t, Some("badexample.com"), "/"), DEFAULT_ROUTE);
     }
@@ -349,16 +357,28 @@ mod tests {
             "a.example.com/api=http://exact:1",
             "a.example.com/api=http://exact2:1",
         ]);
-        assert_eq!(pick(&t, Some("a.example.com"), "/api"), "a.example.com/api=http://exact:1");
-        assert_eq!(pick(&t, Some("b.example.com"), "/api"), "*.example.com/api=http://wild:1");
+        assert_eq!(
+            pick(&t, Some("a.example.com"), "/api"),
+            "a.example.com/api=http://exact:1"
+        );
+        assert_eq!(
+            pick(&t, Some("b.example.com"), "/api"),
+            "*.example.com/api=http://wild:1"
+        );
         assert_eq!(pick(&t, Some("other.org"), "/api"), "/api=http://none:1");
     }
 
     #[test]
     fn longer_path_beats_host() {
         let t = table(&["a.example.com/=http://host:1", "/api=http://path:1"]);
-        assert_eq!(pick(&t, Some("a.example.com"), "/api/x"), "/api=http://path:1");
-        assert_eq!(pick(&t, Some("a.example.com"), "/other"), "a.example.com/=http://host:1");
+        assert_eq!(
+            pick(&t, Some("a.example.com"), "/api/x"),
+            "/api=http://path:1"
+        );
+        assert_eq!(
+            pick(&t, Some("a.example.com"), "/other"),
+            "a.example.com/=http://host:1"
+        );
     }
 
     #[test]

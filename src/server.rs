@@ -101,7 +101,11 @@ impl ConnActivity {
         }
     }
 
-    fn deadline(&self, header: Option<Duration>, idle: Option<Duration>) -> Option<(Instant, Expired)> {
+    fn deadline(
+        &self,
+        header: Option<Duration>,
+        idle: Option<Duration>,
+    ) -> Option<(Instant, Expired)> {
         let s = self.lock();
         if s.in_flight > 0 {
             None
@@ -142,11 +146,16 @@ struct ActivityIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && this.activity.awaiting_first_byte.load(Ordering::Relaxed) {
+        if buf.filled().len() > before && this.activity.awaiting_first_byte.load(Ordering::Relaxed)
+        {
             this.activity.first_byte();
         }
         r
@@ -154,7 +163,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(
@@ -186,7 +199,8 @@ where
 {
     let h2 = info.h2;
     let activity = Arc::new(ConnActivity::new(!h2));
-    let svc = TowerToHyperService::new(stack::build(shared.clone(), info.clone(), activity.clone()));
+    let svc =
+        TowerToHyperService::new(stack::build(shared.clone(), info.clone(), activity.clone()));
     let io = TokioIo::new(ActivityIo {
         inner: io,
         activity: activity.clone(),
@@ -196,7 +210,11 @@ where
     // Heads past --max-header-bytes are answered 431 by the stack, with
     // Portico-Error; the protocol's own limit is only the backstop above it
     // (h2 would otherwise answer a bare 431 itself).
-    let backstop = cfg.max_header_bytes.saturating_mul(2).saturating_add(16 * 1024).max(8192);
+    let backstop = cfg
+        .max_header_bytes
+        .saturating_mul(2)
+        .saturating_add(16 * 1024)
+        .max(8192);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if h2 {
         builder = builder.http2_only();

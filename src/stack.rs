@@ -212,7 +212,7 @@ impl OnDone for Finish {
                 status = self.status.as_u16(),
                 route = %shared.route_names[self.route],
                 upstream = %shared.upstreams[self.route].addr,
-                duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
+                duration_ms = self.start.elapsed().as_micros() as f64 / 1e3,
                 bytes_in,
                 bytes_out,
                 complete,
@@ -405,7 +405,9 @@ fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<ErrorKind> {
     // request towards the upstream itself, so the upstream cannot read it
     // differently. HTTP/2 carries no such headers (h2 refuses them).
     let h = req.headers();
-    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 11;
     if headers::head_size(h, line) > cfg.max_header_bytes {
         return Some(ErrorKind::HeadersTooLarge);
     }
@@ -432,10 +434,17 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-async fn forward(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Request<Incoming>) -> Response<RespBody> {
+async fn forward(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Response<RespBody> {
     let cfg = &shared.cfg;
     let h1 = !conn.h2;
-    let route = req.extensions().get::<RouteId>().map_or(shared.upstreams.len() - 1, |r| r.0);
+    let route = req
+        .extensions()
+        .get::<RouteId>()
+        .map_or(shared.upstreams.len() - 1, |r| r.0);
     let progress = req.extensions_mut().remove::<Arc<ReqProgress>>();
     if let Some(kind) = refuse(&req, cfg) {
         return answer(kind, h1);
@@ -455,7 +464,12 @@ async fn forward(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Request<Inco
     if let Some(x) = &conn.xfcc {
         parts.headers.insert(&headers::XFCC, x.clone());
     }
-    headers::add_forwarded(&mut parts.headers, conn.peer.ip(), host.as_ref(), conn.local_port);
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        host.as_ref(),
+        conn.local_port,
+    );
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h);
     }
@@ -473,7 +487,11 @@ async fn forward(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Request<Inco
         Ok(u) => u,
         Err(_) => return answer(ErrorKind::BadRequest, h1),
     };
-    parts.version = if upstream.h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.version = if upstream.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     let body = match &progress {
         Some(p) => ReqBody::new(body, cfg.body_timeout, cfg.max_request_body, p.clone()),
         None => ReqBody::empty(),
@@ -540,7 +558,11 @@ async fn forward(shared: Arc<Shared>, conn: Arc<ConnInfo>, mut req: Request<Inco
     }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, switching, false);
-    let body_timeout = if switching { Duration::ZERO } else { cfg.body_timeout };
+    let body_timeout = if switching {
+        Duration::ZERO
+    } else {
+        cfg.body_timeout
+    };
     Response::from_parts(parts, RespBody::upstream(body, body_timeout))
 }
 

@@ -142,7 +142,11 @@ impl Metrics {
             let _ = handshakes.get_or_create(&ResultLabel { result });
             let _ = cert_reloads.get_or_create(&ResultLabel { result });
         }
-        registry.register("requests", "Requests answered, by route and status", requests.clone());
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
         registry.register_with_unit(
             "request_duration",
             "Time from request head to response head, by route",
@@ -164,7 +168,11 @@ impl Metrics {
             "TLS client connections accepted",
             connections_total.clone(),
         );
-        registry.register("tls_handshakes", "TLS handshakes, by result", handshakes.clone());
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes, by result",
+            handshakes.clone(),
+        );
         registry.register_with_unit(
             "certificate_not_after",
             "Expiry of each certificate in service, unix time",

@@ -15,7 +15,9 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
@@ -100,7 +102,8 @@ impl ClientPolicy {
         if n == 0 {
             return Err(format!("{}: no PEM certificate found", self.ca.display()));
         }
-        let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
         let builder = match self.auth {
             ClientAuth::Required => builder,
             ClientAuth::Optional => builder.allow_unauthenticated(),
@@ -167,7 +170,13 @@ impl TlsAcceptor {
         };
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
             .map_err(|e| format!("cannot create a TLS session ticketer: {e}"))?;
-        let config = build_config(&self.store, verifier, self.tls13_only, &self.provider, ticketer)?;
+        let config = build_config(
+            &self.store,
+            verifier,
+            self.tls13_only,
+            &self.provider,
+            ticketer,
+        )?;
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -269,7 +278,9 @@ impl ClientCertVerifier for AllowSanVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let id = identity(end_entity.as_ref()).unwrap_or_default();
         if self.allow.iter().any(|p| p.matches(&id)) {
             Ok(ok)

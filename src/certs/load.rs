@@ -48,6 +48,18 @@ pub enum CertError {
     },
 }
 
+impl CertError {
+    /// The file at fault (for a mismatch, the key).
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Read { path, .. } | Self::BadCert { path, .. } | Self::BadKey { path, .. } => {
+                path
+            }
+            Self::Mismatch { key, .. } => key,
+        }
+    }
+}
+
 /// A parsed, matched pair and what its leaf says.
 #[derive(Debug)]
 pub struct LoadedCert {
@@ -82,9 +94,17 @@ impl LoadedCert {
     /// `Some(reason)` when the leaf is expired or not yet valid at `now` (unix seconds).
     pub fn validity_problem(&self, now: i64) -> Option<String> {
         if now < self.not_before {
-            Some(format!("certificate {} is not valid before {}", self.label(), fmt_unix(self.not_before)))
+            Some(format!(
+                "certificate {} is not valid before {}",
+                self.label(),
+                fmt_unix(self.not_before)
+            ))
         } else if now > self.not_after {
-            Some(format!("certificate {} expired at {}", self.label(), fmt_unix(self.not_after)))
+            Some(format!(
+                "certificate {} expired at {}",
+                self.label(),
+                fmt_unix(self.not_after)
+            ))
         } else {
             None
         }
@@ -98,12 +118,26 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Formats unix seconds as RFC 3339 UTC.
+/// Formats unix seconds as RFC 3339 UTC (`2026-11-26T21:51:12Z`).
 pub fn fmt_unix(t: i64) -> String {
-    match ASN1Time::from_timestamp(t) {
-        Ok(a) => a.to_datetime().to_string(),
-        Err(_) => t.to_string(),
-    }
+    // Civil-from-days (H. Hinnant): exact for the proleptic Gregorian calendar.
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
@@ -114,7 +148,11 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
 }
 
 /// Reads and checks a pair from its files.
-pub fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<LoadedCert, CertError> {
+pub fn load_pair(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<LoadedCert, CertError> {
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
     from_pem(cert_pem, key_pem, cert, key, provider)
@@ -136,7 +174,9 @@ pub fn from_pem(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad_cert(format!("invalid PEM certificate: {e}")))?;
     if chain.is_empty() {
-        return Err(bad_cert("no PEM certificate (-----BEGIN CERTIFICATE-----) found".into()));
+        return Err(bad_cert(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+        ));
     }
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::BadKey {
         path: key_path.to_path_buf(),
@@ -212,5 +252,17 @@ fn key_type(leaf: &X509Certificate<'_>) -> String {
                 oid
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_unix;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(fmt_unix(0), "1970-01-01T00:00:00Z");
+        assert_eq!(fmt_unix(1_795_729_872), "2026-11-26T21:51:12Z");
+        assert_eq!(fmt_unix(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

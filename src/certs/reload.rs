@@ -121,12 +121,18 @@ impl Reloader {
             if state.failed.get(&src.cert) == Some(&(cert.clone(), key.clone())) {
                 continue;
             }
-            let candidate = from_pem(cert.clone(), key.clone(), &src.cert, &src.key, &self.provider)
-                .map_err(|e| e.to_string())
-                .and_then(|c| match c.validity_problem(now) {
-                    Some(p) => Err(p),
-                    None => Ok(c),
-                });
+            let candidate = from_pem(
+                cert.clone(),
+                key.clone(),
+                &src.cert,
+                &src.key,
+                &self.provider,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|c| match c.validity_problem(now) {
+                Some(p) => Err(p),
+                None => Ok(c),
+            });
             match candidate {
                 Ok(new) => {
                     self.swap(slot, &current, new);
@@ -144,7 +150,8 @@ impl Reloader {
         }
         if let Some(policy) = &self.client {
             match std::fs::read(&policy.ca) {
-                Ok(ca) if state.ca.as_ref() == Some(&ca) || state.ca_failed.as_ref() == Some(&ca) => {}
+                Ok(ca)
+                    if state.ca.as_ref() == Some(&ca) || state.ca_failed.as_ref() == Some(&ca) => {}
                 Ok(ca) => match self.tls.set_client_policy(Some(policy)) {
                     Ok(()) => {
                         tracing::info!(ca = %policy.ca.display(), "client CA reloaded; sessions from before cannot resume");
@@ -184,7 +191,9 @@ impl Reloader {
             .iter()
             .any(|s| !std::ptr::eq(s, slot) && s.current.load().label() == old_label);
         if old_label != new_label && !still_served {
-            self.metrics.cert_not_after.remove(&NameLabel { name: old_label });
+            self.metrics
+                .cert_not_after
+                .remove(&NameLabel { name: old_label });
         }
         self.metrics
             .cert_not_after
@@ -241,13 +250,15 @@ impl Reloader {
     }
 
     fn start_watcher(&self, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !ev.kind.is_access() {
-                    let _ = tx.try_send(());
+        let mut watcher = match notify::recommended_watcher(
+            move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    if !ev.kind.is_access() {
+                        let _ = tx.try_send(());
+                    }
                 }
-            }
-        }) {
+            },
+        ) {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch certificate files; relying on --cert-poll-interval");
@@ -299,9 +310,7 @@ pub fn unrotatable(paths: &[PathBuf]) -> Vec<PathBuf> {
             let file_mount = mount_points
                 .iter()
                 .any(|m| Path::new(m) == p.as_path() || Path::new(m) == abs);
-            let no_data_link = p
-                .parent()
-                .is_some_and(|d| !d.join("..data").exists());
+            let no_data_link = p.parent().is_some_and(|d| !d.join("..data").exists());
             file_mount || (in_k8s && no_data_link)
         })
         .cloned()

@@ -36,7 +36,13 @@ pub struct Opts {
     #[arg(long, global = true, env = "PORTICO_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
     /// [HOST]PATH=URL; repeatable. Longest path prefix wins.
-    #[arg(long, global = true, env = "PORTICO_ROUTE", value_name = "SPEC", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_ROUTE",
+        value_name = "SPEC",
+        value_delimiter = ','
+    )]
     pub route: Vec<String>,
     /// PEM certificate chain, leaf first.
     #[arg(long, global = true, env = "PORTICO_TLS_CERT", value_name = "FILE")]
@@ -45,7 +51,13 @@ pub struct Opts {
     #[arg(long, global = true, env = "PORTICO_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<String>,
     /// A mounted kubernetes.io/tls Secret (tls.crt, tls.key); repeatable, SNI picks.
-    #[arg(long, global = true, env = "PORTICO_TLS_DIR", value_name = "DIR", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_TLS_DIR",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
     pub tls_dir: Vec<String>,
     /// PEM bundle of CAs; turns on client certificate verification (mTLS).
     #[arg(long, global = true, env = "PORTICO_CLIENT_CA", value_name = "FILE")]
@@ -54,7 +66,13 @@ pub struct Opts {
     #[arg(long, global = true, env = "PORTICO_CLIENT_AUTH", value_name = "MODE")]
     pub client_auth: Option<String>,
     /// dns:NAME, uri:URI or cn:NAME a client certificate must carry; repeatable.
-    #[arg(long, global = true, env = "PORTICO_ALLOW_SAN", value_name = "PATTERN", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_ALLOW_SAN",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
     pub allow_san: Vec<String>,
     /// 1.2 or 1.3 [default: 1.2].
     #[arg(long, global = true, env = "PORTICO_TLS_MIN_VERSION", value_name = "V")]
@@ -63,7 +81,12 @@ pub struct Opts {
     #[arg(long, global = true, env = "PORTICO_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
     /// Plain-HTTP listener answering 308 to https, or off [default: off].
-    #[arg(long, global = true, env = "PORTICO_REDIRECT_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_REDIRECT_LISTEN",
+        value_name = "ADDR"
+    )]
     pub redirect_listen: Option<String>,
     /// tcp, http:/PATH or none [default: tcp].
     #[arg(long, global = true, env = "PORTICO_READY_CHECK", value_name = "CHECK")]
@@ -72,10 +95,20 @@ pub struct Opts {
     #[arg(long, global = true, env = "PORTICO_CONNECT_TIMEOUT", value_name = "D")]
     pub connect_timeout: Option<String>,
     /// A client's TLS handshake [default: 10s].
-    #[arg(long, global = true, env = "PORTICO_HANDSHAKE_TIMEOUT", value_name = "D")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_HANDSHAKE_TIMEOUT",
+        value_name = "D"
+    )]
     pub handshake_timeout: Option<String>,
     /// Reading a request head [default: 10s].
-    #[arg(long, global = true, env = "PORTICO_HEADER_READ_TIMEOUT", value_name = "D")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_HEADER_READ_TIMEOUT",
+        value_name = "D"
+    )]
     pub header_read_timeout: Option<String>,
     /// Complete request to the upstream's response head [default: 60s].
     #[arg(long, global = true, env = "PORTICO_REQUEST_TIMEOUT", value_name = "D")]
@@ -90,13 +123,28 @@ pub struct Opts {
     #[arg(long, global = true, env = "PORTICO_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
     /// Requests in flight; past it, 503 [default: 1024].
-    #[arg(long, global = true, env = "PORTICO_MAX_REQUESTS_IN_FLIGHT", value_name = "N")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_MAX_REQUESTS_IN_FLIGHT",
+        value_name = "N"
+    )]
     pub max_requests_in_flight: Option<String>,
     /// Largest request body, 0 = no limit [default: 0].
-    #[arg(long, global = true, env = "PORTICO_MAX_REQUEST_BODY", value_name = "SIZE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_MAX_REQUEST_BODY",
+        value_name = "SIZE"
+    )]
     pub max_request_body: Option<String>,
     /// Largest request head [default: 64KiB].
-    #[arg(long, global = true, env = "PORTICO_MAX_HEADER_BYTES", value_name = "SIZE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_MAX_HEADER_BYTES",
+        value_name = "SIZE"
+    )]
     pub max_header_bytes: Option<String>,
     /// After SIGTERM, keep accepting this long while /readyz fails [default: 0s].
     #[arg(long, global = true, env = "PORTICO_DRAIN_DELAY", value_name = "D")]
@@ -108,7 +156,12 @@ pub struct Opts {
     #[arg(long, global = true, env = "PORTICO_WORKERS", value_name = "N")]
     pub workers: Option<String>,
     /// How often certificate files are re-read [default: 10s].
-    #[arg(long, global = true, env = "PORTICO_CERT_POLL_INTERVAL", value_name = "D")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_CERT_POLL_INTERVAL",
+        value_name = "D"
+    )]
     pub cert_poll_interval: Option<String>,
     /// on or off: also react to file events, not only the poll [default: on].
     #[arg(long, global = true, env = "PORTICO_CERT_WATCH", value_name = "on/off")]

@@ -22,7 +22,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n * 1e3,
         "m" => n * 60e3,
         "h" => n * 3600e3,
-        other => return Err(format!("'{s}' has unknown unit '{other}' (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "'{s}' has unknown unit '{other}' (use ms, s, m or h)"
+            ))
+        }
     };
     if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
         return Err(format!("'{s}' is out of range"));
@@ -43,7 +47,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KiB" | "K" | "k" | "KB" | "kB" => 1 << 10,
         "MiB" | "M" | "MB" => 1 << 20,
         "GiB" | "G" | "GB" => 1 << 30,
-        other => return Err(format!("'{s}' has unknown unit '{other}' (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "'{s}' has unknown unit '{other}' (use KiB, MiB or GiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("'{s}' is out of range"))

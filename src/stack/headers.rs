@@ -41,9 +41,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, te_trailers: bool) {
     h.remove(&PROXY_CONNECTION);
     h.remove(header::TRANSFER_ENCODING);
     if let Some(te) = h.remove(header::TE) {
-        let wants_trailers = te
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let wants_trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
         if te_trailers && wants_trailers {
             h.insert(header::TE, HeaderValue::from_static("trailers"));
         }
@@ -176,7 +177,11 @@ mod tests {
 
     #[test]
     fn connection_cannot_remove_host_or_length() {
-        let mut h = map(&[("connection", "host, content-length"), ("host", "a"), ("content-length", "3")]);
+        let mut h = map(&[
+            ("connection", "host, content-length"),
+            ("host", "a"),
+            ("content-length", "3"),
+        ]);
         strip_hop_by_hop(&mut h, false, false);
         assert_eq!(h["host"], "a");
         assert_eq!(h["content-length"], "3");
@@ -228,7 +233,10 @@ mod tests {
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https");
         let host = HeaderValue::from_static("example.com");
         add_forwarded(&mut h, "::1".parse().expect("ip"), Some(&host), 443);
-        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https, for=\"[::1]\";proto=https;host=example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=https, for=\"[::1]\";proto=https;host=example.com"
+        );
     }
 
     #[test]
@@ -238,7 +246,9 @@ mod tests {
         assert!(!valid_request_id(&HeaderValue::from_static("")));
         let long = "a".repeat(129);
         assert!(!valid_request_id(&HeaderValue::from_str(&long).expect("v")));
-        assert!(valid_request_id(&HeaderValue::from_str(&long[..128]).expect("v")));
+        assert!(valid_request_id(
+            &HeaderValue::from_str(&long[..128]).expect("v")
+        ));
         let fresh = new_request_id();
         assert_eq!(fresh.len(), 36);
         assert!(valid_request_id(&fresh));

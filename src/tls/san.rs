@@ -39,13 +39,13 @@ impl SanPattern {
         }
         match kind {
             "dns" => match value.strip_prefix("*.") {
-                Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
-                    Ok(Self::DnsWildcard(format!(".{}", suffix.to_ascii_lowercase())))
-                }
+                Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => Ok(
+                    Self::DnsWildcard(format!(".{}", suffix.to_ascii_lowercase())),
+                ),
                 Some(_) => Err(format!("'{s}' has an invalid wildcard")),
-                None if value.contains('*') => Err(format!(
-                    "'{s}': a DNS wildcard may only be a leading '*.'"
-                )),
+                None if value.contains('*') => {
+                    Err(format!("'{s}': a DNS wildcard may only be a leading '*.'"))
+                }
                 None => Ok(Self::Dns(value.to_ascii_lowercase())),
             },
             "uri" => match value.strip_suffix('*') {
@@ -53,7 +53,9 @@ impl SanPattern {
                 None => Ok(Self::Uri(value.to_string())),
             },
             "cn" => Ok(Self::Cn(value.to_string())),
-            _ => Err(format!("'{s}': unknown kind '{kind}' (use dns:, uri: or cn:)")),
+            _ => Err(format!(
+                "'{s}': unknown kind '{kind}' (use dns:, uri: or cn:)"
+            )),
         }
     }
 
