@@ -1,0 +1,1254 @@
+//! The data path end to end, against SPEC "What the upstream receives" and the
+//! `--upstream`/`--route` rules: header rules both ways, routing across several
+//! upstreams, h2c (gRPC with trailers), `unix:` upstreams, WebSocket upgrades,
+//! streaming 1 GiB each way through the real binary without buffering, and
+//! upstream keep-alive reuse. Real sockets, real TLS, real upstream servers.
+mod support;
+use support::*;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico::routing::Route;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+// ---------------------------------------------------------------------------
+// helpers local to this file
+// ---------------------------------------------------------------------------
+
+/// Sends `req` on `c` and collects the answer.
+async fn send(
+    c: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Got {
+    c.ready().await.expect("client connection ready");
+    collect(c.send_request(req).await.expect("response")).await
+}
+
+/// A request builder with a body.
+fn req(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("request")
+}
+
+/// All values of a header, as strings.
+fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect()
+}
+
+fn one<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.to_str().expect("ascii"))
+}
+
+/// A UUID in its 36-character hyphenated form.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Deterministic bytes (xorshift), so corruption or reordering is visible.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Serves HTTP/1.1 with `svc` on every connection `listener` accepts, counting them.
+fn serve_h1_counting<S, B>(
+    listener: TcpListener,
+    accepted: Arc<AtomicUsize>,
+    svc: S,
+) -> tokio::task::JoinHandle<()>
+where
+    S: Fn(
+            Request<Incoming>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<B>> + Send>>
+        + Send
+        + Sync
+        + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let svc = Arc::new(svc);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let s = hyper::service::service_fn(move |r| {
+                    let f = svc(r);
+                    async move { Ok::<_, Infallible>(f.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), s)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Aborts a spawned server task when the test ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An upstream that answers with its own name (to tell routes apart).
+async fn named(name: &'static str) -> Upstream {
+    upstream_with(false, move |_| async move {
+        Response::new(Full::new(Bytes::from_static(name.as_bytes())))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// 1. What the upstream receives
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_receives_method_path_query_and_body_unchanged_over_h1_and_h2() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let body = noise(300_000, 7);
+
+    let mut c = p.h1().await;
+    let got = send(
+        &mut c,
+        req(
+            "PATCH",
+            "/a/b%20c/./d?x=1&y=two%20three&x=&z",
+            "localhost",
+            &[],
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "hello from upstream");
+    let s = up.last();
+    assert_eq!(s.method, http::Method::PATCH);
+    assert_eq!(s.uri.path(), "/a/b%20c/./d");
+    assert_eq!(s.uri.query(), Some("x=1&y=two%20three&x=&z"));
+    assert_eq!(s.version, Version::HTTP_11);
+    assert_eq!(s.body.len(), body.len());
+    assert!(
+        s.body == body,
+        "request body differs from what the client sent"
+    );
+    assert_eq!(one(&s.headers, "content-length"), Some("300000"));
+
+    // The same over HTTP/2 from the client: HTTP/1.1 upstream, body intact.
+    let mut c = p.h2().await;
+    let r = Request::builder()
+        .method("PUT")
+        .uri(format!(
+            "https://localhost:{}/h2/path?q=%2F&r",
+            p.tls_addr.port()
+        ))
+        .body(Full::new(Bytes::from(body.clone())))
+        .expect("req");
+    let got = collect(c.send_request(r).await.expect("resp")).await;
+    assert_eq!(got.status, 200);
+    let s = up.last();
+    assert_eq!(s.method, http::Method::PUT);
+    assert_eq!(s.uri.path(), "/h2/path");
+    assert_eq!(s.uri.query(), Some("q=%2F&r"));
+    assert_eq!(s.version, Version::HTTP_11);
+    assert!(
+        s.body == body,
+        "h2 request body differs from what the client sent"
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_request_headers_are_removed_before_the_upstream() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let mut c = p.h1().await;
+    let got = send(
+        &mut c,
+        req(
+            "POST",
+            "/hop",
+            "localhost",
+            &[
+                ("connection", "keep-alive, X-Hop-Req, X-Other-Hop"),
+                ("x-hop-req", "secret"),
+                ("x-other-hop", "secret too"),
+                ("keep-alive", "timeout=5, max=100"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "trailers, deflate"),
+                // User-set: hyper sends the body chunked with exactly this value.
+                ("transfer-encoding", "gzip, chunked"),
+                // No `upgrade` token in Connection: not an upgrade, so removed.
+                ("upgrade", "h2c"),
+                ("x-end-to-end", "kept"),
+            ],
+            b"streamed body",
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let s = up.last();
+    for h in [
+        "connection",
+        "x-hop-req",
+        "x-other-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            s.headers.get(h).is_none(),
+            "upstream received hop-by-hop {h}: {:?}",
+            s.headers.get(h)
+        );
+    }
+    // portico frames the body itself: the client's `gzip, chunked` must not pass.
+    let te = all(&s.headers, "transfer-encoding");
+    assert!(
+        te.is_empty() || te == ["chunked"],
+        "upstream saw transfer-encoding {te:?}"
+    );
+    assert_eq!(one(&s.headers, "x-end-to-end"), Some("kept"));
+    assert_eq!(&s.body[..], b"streamed body");
+}
+
+/// A raw HTTP/1.1 upstream that answers every request on a connection with `response`.
+async fn raw_upstream(response: &'static [u8]) -> (SocketAddr, AbortOnDrop) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // GET requests without a body: each head is one request.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if tcp.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, AbortOnDrop(task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_are_removed_before_the_client() {
+    let (addr, _srv) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\n\
+          Connection: keep-alive, X-Hop-Resp\r\n\
+          X-Hop-Resp: secret\r\n\
+          Keep-Alive: timeout=5, max=100\r\n\
+          Proxy-Connection: keep-alive\r\n\
+          TE: trailers\r\n\
+          Upgrade: h2c\r\n\
+          Transfer-Encoding: gzip, chunked\r\n\
+          X-End-To-End: kept\r\n\
+          \r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = start(&format!("http://{addr}"), |_, _, _| {}).await;
+
+    // Over HTTP/1.1, where every one of these could be written on the wire.
+    let mut c = p.h1().await;
+    for round in 0..2 {
+        let got = send(&mut c, req("GET", "/resp", "localhost", &[], b"")).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), "hello world", "round {round}");
+        for h in [
+            "connection",
+            "x-hop-resp",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "upgrade",
+        ] {
+            assert!(
+                got.headers.get(h).is_none(),
+                "client received hop-by-hop {h}: {:?}",
+                got.headers.get(h)
+            );
+        }
+        // The upstream's `gzip, chunked` is not passed on; portico's own framing may be chunked.
+        let te = all(&got.headers, "transfer-encoding");
+        assert!(
+            te.is_empty() || te == ["chunked"],
+            "client saw transfer-encoding {te:?}"
+        );
+        assert_eq!(got.header("x-end-to-end"), Some("kept"));
+    }
+
+    // Over HTTP/2 as well (where they would be a protocol error).
+    let mut c = p.h2().await;
+    let r = Request::get(format!("https://localhost:{}/resp", p.tls_addr.port()))
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let got = collect(c.send_request(r).await.expect("h2 response")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "hello world");
+    assert_eq!(got.header("x-end-to-end"), Some("kept"));
+    assert!(got.headers.get("x-hop-resp").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_appends_client_ip_without_port() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let mut c = p.h1().await;
+
+    send(
+        &mut c,
+        req(
+            "GET",
+            "/",
+            "localhost",
+            &[("x-forwarded-for", "203.0.113.9")],
+            b"",
+        ),
+    )
+    .await;
+    assert_eq!(
+        all(&up.last().headers, "x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+
+    // Two header lines: both kept in order, the client appended once.
+    let r = Request::get("/")
+        .header("host", "localhost")
+        .header("x-forwarded-for", "203.0.113.9, 198.51.100.2")
+        .header("x-forwarded-for", "192.0.2.1")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    send(&mut c, r).await;
+    assert_eq!(
+        all(&up.last().headers, "x-forwarded-for"),
+        ["203.0.113.9, 198.51.100.2, 192.0.2.1, 127.0.0.1"]
+    );
+
+    send(&mut c, req("GET", "/", "localhost", &[], b"")).await;
+    assert_eq!(all(&up.last().headers, "x-forwarded-for"), ["127.0.0.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_proto_host_and_port_replace_what_the_client_sent() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let port = p.tls_addr.port();
+    let host = format!("localhost:{port}");
+    let mut c = p.h1().await;
+    send(
+        &mut c,
+        req(
+            "GET",
+            "/",
+            &host,
+            &[
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-port", "80"),
+            ],
+            b"",
+        ),
+    )
+    .await;
+    let h = up.last().headers;
+    assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
+    assert_eq!(all(&h, "x-forwarded-host"), [host.as_str()]);
+    assert_eq!(all(&h, "x-forwarded-port"), [port.to_string()]);
+
+    // Host without a port: X-Forwarded-Host as sent, X-Forwarded-Port still the listener's.
+    send(&mut c, req("GET", "/", "App.Example.com", &[], b"")).await;
+    let h = up.last().headers;
+    assert_eq!(all(&h, "x-forwarded-host"), ["App.Example.com"]);
+    assert_eq!(all(&h, "x-forwarded-port"), [port.to_string()]);
+    assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_element_is_appended_with_host_quoted_when_it_has_a_port() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let port = p.tls_addr.port();
+    let host = format!("localhost:{port}");
+    let mut c = p.h1().await;
+
+    send(
+        &mut c,
+        req(
+            "GET",
+            "/",
+            &host,
+            &[("forwarded", "for=198.51.100.2;proto=http")],
+            b"",
+        ),
+    )
+    .await;
+    assert_eq!(
+        all(&up.last().headers, "forwarded"),
+        [format!(
+            "for=198.51.100.2;proto=http, for=127.0.0.1;proto=https;host=\"localhost:{port}\""
+        )]
+    );
+
+    send(&mut c, req("GET", "/", &host, &[], b"")).await;
+    assert_eq!(
+        all(&up.last().headers, "forwarded"),
+        [format!(
+            "for=127.0.0.1;proto=https;host=\"localhost:{port}\""
+        )]
+    );
+
+    // No ':' in the host: not quoted.
+    send(&mut c, req("GET", "/", "localhost", &[], b"")).await;
+    assert_eq!(
+        all(&up.last().headers, "forwarded"),
+        ["for=127.0.0.1;proto=https;host=localhost"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_request_id_kept_when_valid_else_fresh_uuid_and_echoed_in_response() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let mut c = p.h1().await;
+
+    // Valid: 128 visible ASCII characters, every one from 0x21 to 0x7E used.
+    let valid: String = (0x21u8..=0x7e).cycle().take(128).map(char::from).collect();
+    let got = send(
+        &mut c,
+        req("GET", "/", "localhost", &[("x-request-id", &valid)], b""),
+    )
+    .await;
+    assert_eq!(all(&up.last().headers, "x-request-id"), [valid.as_str()]);
+    assert_eq!(all(&got.headers, "x-request-id"), [valid]);
+
+    let short = send(
+        &mut c,
+        req("GET", "/", "localhost", &[("x-request-id", "a")], b""),
+    )
+    .await;
+    assert_eq!(short.header("x-request-id"), Some("a"));
+    assert_eq!(one(&up.last().headers, "x-request-id"), Some("a"));
+
+    // Invalid (129 characters, a space) or absent: a fresh UUID, the same both ways.
+    let too_long = "r".repeat(129);
+    let mut fresh = Vec::new();
+    for sent in [Some(too_long.as_str()), Some("has space"), None] {
+        let headers: Vec<(&str, &str)> = sent.map(|v| ("x-request-id", v)).into_iter().collect();
+        let got = send(&mut c, req("GET", "/", "localhost", &headers, b"")).await;
+        let upstream_saw = all(&up.last().headers, "x-request-id");
+        assert_eq!(upstream_saw.len(), 1, "sent {sent:?}");
+        let id = upstream_saw[0].clone();
+        assert!(is_uuid(&id), "sent {sent:?}, upstream saw {id:?}");
+        assert_eq!(
+            all(&got.headers, "x-request-id"),
+            [id.as_str()],
+            "sent {sent:?}"
+        );
+        fresh.push(id);
+    }
+    fresh.sort();
+    fresh.dedup();
+    assert_eq!(fresh.len(), 3, "each fresh id is new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sent_x_forwarded_client_cert_is_always_removed() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let mut c = p.h1().await;
+    let r = Request::get("/")
+        .header("host", "localhost")
+        .header(
+            "x-forwarded-client-cert",
+            "Hash=forged;Subject=\"CN=admin\"",
+        )
+        .header("X-Forwarded-Client-Cert", "By=spiffe://evil")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let got = send(&mut c, r).await;
+    assert_eq!(got.status, 200);
+    assert!(up.last().headers.get("x-forwarded-client-cert").is_none());
+
+    let mut c = p.h2().await;
+    let r = Request::get(format!("https://localhost:{}/", p.tls_addr.port()))
+        .header("x-forwarded-client-cert", "Hash=forged")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let got = collect(c.send_request(r).await.expect("resp")).await;
+    assert_eq!(got.status, 200);
+    assert!(up.last().headers.get("x-forwarded-client-cert").is_none());
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_the_clients_host_over_h1_and_authority_over_h2() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let port = p.tls_addr.port();
+
+    let mut c = p.h1().await;
+    send(&mut c, req("GET", "/h1", "App.Example.com:8443", &[], b"")).await;
+    let s = up.last();
+    assert_eq!(all(&s.headers, "host"), ["App.Example.com:8443"]);
+    assert_eq!(
+        all(&s.headers, "x-forwarded-host"),
+        ["App.Example.com:8443"]
+    );
+
+    let mut c = p.h2().await;
+    let r = Request::get(format!("https://localhost:{port}/h2"))
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let got = collect(c.send_request(r).await.expect("resp")).await;
+    assert_eq!(got.status, 200);
+    let s = up.last();
+    assert_eq!(s.uri.path(), "/h2");
+    assert_eq!(s.version, Version::HTTP_11);
+    assert_eq!(all(&s.headers, "host"), [format!("localhost:{port}")]);
+    assert_eq!(
+        all(&s.headers, "x-forwarded-host"),
+        [format!("localhost:{port}")]
+    );
+    assert_eq!(
+        all(&s.headers, "forwarded"),
+        [format!(
+            "for=127.0.0.1;proto=https;host=\"localhost:{port}\""
+        )]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Routing
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_pick_longest_segment_prefix_then_host_else_default_and_keep_the_path() {
+    let api = named("api").await;
+    let v2 = named("v2").await;
+    let exact = named("exact").await;
+    let wild = named("wild").await;
+    let default = named("default").await;
+    let specs = [
+        format!("/api={}", api.url()),
+        format!("/api/v2={}", v2.url()),
+        format!("api.example.com/={}", exact.url()),
+        format!("*.example.com/={}", wild.url()),
+    ];
+    let p = start(&default.url(), |cfg, _, _| {
+        cfg.routes = specs
+            .iter()
+            .map(|s| Route::parse(s).expect("route"))
+            .collect();
+    })
+    .await;
+    let mut c = p.h1().await;
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("localhost", "/api", "api"),
+        ("localhost", "/api/", "api"),
+        ("localhost", "/api/x/y?q=1", "api"),
+        ("localhost", "/apix", "default"),
+        ("localhost", "/apix/y", "default"),
+        ("localhost", "/api/v2", "v2"),
+        ("localhost", "/api/v2/items?id=3", "v2"),
+        ("localhost", "/api/v22", "api"),
+        ("localhost", "/", "default"),
+        ("localhost", "/other", "default"),
+        // Host routes: exact, case and port ignored.
+        ("api.example.com", "/x", "exact"),
+        ("API.Example.COM:8443", "/x", "exact"),
+        // Wildcard: deeper names only.
+        ("foo.example.com", "/x", "wild"),
+        ("a.b.EXAMPLE.com:9", "/x", "wild"),
+        ("example.com", "/x", "default"),
+        ("badexample.com", "/x", "default"),
+        // A longer path prefix beats a host route.
+        ("api.example.com", "/api/x", "api"),
+        ("foo.example.com", "/api/v2/x", "v2"),
+    ];
+    for (host, path, want) in cases {
+        let got = send(&mut c, req("GET", path, host, &[], b"")).await;
+        assert_eq!(got.status, 200, "{host}{path}");
+        assert_eq!(got.text(), *want, "Host {host}, path {path}");
+    }
+    // Each upstream saw exactly its requests, with the path unchanged.
+    let paths = |u: &Upstream| -> Vec<String> {
+        u.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|s| s.uri.to_string())
+            .collect()
+    };
+    assert_eq!(
+        paths(&api),
+        ["/api", "/api/", "/api/x/y?q=1", "/api/v22", "/api/x"]
+    );
+    assert_eq!(paths(&v2), ["/api/v2", "/api/v2/items?id=3", "/api/v2/x"]);
+    assert_eq!(paths(&exact), ["/x", "/x"]);
+    assert_eq!(paths(&wild), ["/x", "/x"]);
+    assert_eq!(
+        paths(&default),
+        ["/apix", "/apix/y", "/", "/other", "/x", "/x"]
+    );
+    assert_eq!(
+        one(&exact.last().headers, "host"),
+        Some("API.Example.COM:8443")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_over_h2_use_the_authority_host() {
+    let exact = named("exact").await;
+    let default = named("default").await;
+    let spec = format!("localhost/only={}", exact.url());
+    let p = start(&default.url(), |cfg, _, _| {
+        cfg.routes = vec![Route::parse(&spec).expect("route")];
+    })
+    .await;
+    let mut c = p.h2().await;
+    for (path, want) in [
+        ("/only/x", "exact"),
+        ("/onlyx", "default"),
+        ("/", "default"),
+    ] {
+        let r = Request::get(format!("https://LOCALHOST:{}{path}", p.tls_addr.port()))
+            .body(Full::new(Bytes::new()))
+            .expect("req");
+        let got = collect(c.send_request(r).await.expect("resp")).await;
+        assert_eq!(got.text(), want, "{path}");
+    }
+    assert_eq!(exact.last().uri.path(), "/only/x");
+}
+
+// ---------------------------------------------------------------------------
+// 3. h2c upstream: gRPC with trailers
+// ---------------------------------------------------------------------------
+
+type TrailerBody =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upstream_grpc_call_passes_te_trailers_and_response_trailers() {
+    // A gRPC-style h2c server: answers one message, then trailers grpc-status 7.
+    let seen: Arc<Mutex<Option<Seen>>> = Arc::default();
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen2 = seen.clone();
+    let _srv = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |r: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let (parts, body) = r.into_parts();
+                        let body = body.collect().await.expect("request body").to_bytes();
+                        *seen.lock().expect("lock") = Some(Seen {
+                            method: parts.method,
+                            uri: parts.uri,
+                            version: parts.version,
+                            headers: parts.headers,
+                            body,
+                        });
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", "7".parse().expect("v"));
+                        trailers.insert("grpc-message", "denied".parse().expect("v"));
+                        let frames = vec![
+                            Ok(Frame::data(Bytes::from_static(
+                                b"\x00\x00\x00\x00\x05reply",
+                            ))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        let body: TrailerBody = StreamBody::new(futures_util::stream::iter(frames));
+                        let resp = Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .expect("resp");
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    }));
+
+    let p = start(&format!("h2c://{addr}"), |_, _, _| {}).await;
+    let mut c = p.h2().await;
+    let message = b"\x00\x00\x00\x00\x07request";
+    let r = Request::post(format!(
+        "https://localhost:{}/pkg.Greeter/SayHello",
+        p.tls_addr.port()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-timeout", "5S")
+    .body(Full::new(Bytes::from_static(message)))
+    .expect("req");
+    let got = collect(c.send_request(r).await.expect("response")).await;
+
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-type"), Some("application/grpc"));
+    assert_eq!(&got.body[..], b"\x00\x00\x00\x00\x05reply");
+    let trailers = got.trailers.expect("the client receives trailers");
+    assert_eq!(one(&trailers, "grpc-status"), Some("7"));
+    assert_eq!(one(&trailers, "grpc-message"), Some("denied"));
+
+    let s = seen
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("the upstream got the call");
+    assert_eq!(s.version, Version::HTTP_2);
+    assert_eq!(s.method, http::Method::POST);
+    assert_eq!(s.uri.path(), "/pkg.Greeter/SayHello");
+    assert_eq!(all(&s.headers, "te"), ["trailers"]);
+    assert_eq!(one(&s.headers, "content-type"), Some("application/grpc"));
+    assert_eq!(one(&s.headers, "grpc-timeout"), Some("5S"));
+    assert_eq!(&s.body[..], message);
+}
+
+// ---------------------------------------------------------------------------
+// 4. unix: upstream
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_upstream_serves_http1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("app.sock");
+    let l = tokio::net::UnixListener::bind(&sock).expect("bind unix socket");
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let seen2 = seen.clone();
+    let _srv = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |r: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let (parts, body) = r.into_parts();
+                        let body = body.collect().await.expect("body").to_bytes();
+                        let answer = format!("unix saw {} bytes", body.len());
+                        seen.lock().expect("lock").push(Seen {
+                            method: parts.method,
+                            uri: parts.uri,
+                            version: parts.version,
+                            headers: parts.headers,
+                            body,
+                        });
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    }));
+
+    let p = start(&format!("unix:{}", sock.display()), |_, _, _| {}).await;
+    let mut c = p.h1().await;
+    let got = send(
+        &mut c,
+        req("POST", "/over/unix?x=1", "localhost", &[], b"0123456789"),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "unix saw 10 bytes");
+    let s = seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("a request");
+    assert_eq!(s.uri.to_string(), "/over/unix?x=1");
+    assert_eq!(s.version, Version::HTTP_11);
+    assert_eq!(one(&s.headers, "host"), Some("localhost"));
+    assert_eq!(one(&s.headers, "x-forwarded-proto"), Some("https"));
+    assert_eq!(&s.body[..], b"0123456789");
+}
+
+// ---------------------------------------------------------------------------
+// 5. WebSocket
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_over_h1_echoes_both_ways_until_close() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let handshake: Arc<Mutex<Option<(String, HeaderMap)>>> = Arc::default();
+    let h2 = handshake.clone();
+    let _srv = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let hs = h2.clone();
+            tokio::spawn(async move {
+                // tungstenite fixes the callback's error type.
+                #[allow(clippy::result_large_err)]
+                let cb = move |r: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                               resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    *hs.lock().expect("lock") = Some((r.uri().to_string(), r.headers().clone()));
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }));
+
+    let p = start(&format!("http://{addr}"), |_, _, _| {}).await;
+    let tls = tls_connect(
+        p.tls_addr,
+        "localhost",
+        client_config(p.roots(), &[b"http/1.1"], None),
+    )
+    .await
+    .expect("tls");
+    let url = format!("wss://localhost:{}/chat?room=1", p.tls_addr.port());
+    let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), tls)
+        .await
+        .expect("ws handshake");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(resp.headers().get("x-request-id").is_some());
+
+    for text in ["one", "two", "three ✓"] {
+        ws.send(Message::text(text)).await.expect("send");
+        let m = ws.next().await.expect("an echo").expect("ok");
+        assert_eq!(m, Message::text(text));
+    }
+    let bin: Vec<u8> = (0u8..=255).cycle().take(70_000).collect();
+    ws.send(Message::binary(bin.clone()))
+        .await
+        .expect("send binary");
+    match ws.next().await.expect("an echo").expect("ok") {
+        Message::Binary(b) => assert!(b[..] == bin[..], "binary echo differs"),
+        other => panic!("expected binary echo, got {other:?}"),
+    }
+
+    ws.close(None).await.expect("close");
+    // The upstream's close reply comes back, then the stream ends.
+    let mut got_close = false;
+    while let Some(m) = ws.next().await {
+        match m {
+            Ok(Message::Close(_)) => got_close = true,
+            Ok(other) => panic!("unexpected after close: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        got_close,
+        "the upstream's Close frame came back through portico"
+    );
+
+    let (uri, h) = handshake
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("upstream saw the handshake");
+    assert_eq!(uri, "/chat?room=1");
+    assert_eq!(
+        one(&h, "upgrade").map(str::to_ascii_lowercase).as_deref(),
+        Some("websocket")
+    );
+    assert!(one(&h, "connection").is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")));
+    assert_eq!(one(&h, "x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        one(&h, "host"),
+        Some(format!("localhost:{}", p.tls_addr.port()).as_str())
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Streaming 1 GiB each way through the binary without buffering
+// ---------------------------------------------------------------------------
+
+const GIB: u64 = 1 << 30;
+const CHUNK: usize = 64 * 1024;
+/// Not a multiple of CHUNK, so a lost, doubled or swapped chunk shows.
+const PERIOD: usize = 65_537;
+
+/// Two periods of the pattern; chunk k is a zero-copy slice of it.
+fn pattern() -> Bytes {
+    let one = noise(PERIOD, 0x9e37_79b9_7f4a_7c15);
+    let mut two = one.clone();
+    two.extend_from_slice(&one);
+    Bytes::from(two)
+}
+
+fn chunk_at(pat: &Bytes, k: u64) -> Bytes {
+    let off = ((k * CHUNK as u64) % PERIOD as u64) as usize;
+    pat.slice(off..off + CHUNK)
+}
+
+/// Checks a byte stream against the pattern as it passes: nothing is kept.
+struct Checker {
+    pat: Bytes,
+    pos: u64,
+    first_bad: Option<u64>,
+}
+
+impl Checker {
+    fn new(pat: Bytes) -> Self {
+        Self {
+            pat,
+            pos: 0,
+            first_bad: None,
+        }
+    }
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let off = (self.pos % PERIOD as u64) as usize;
+            let n = data.len().min(PERIOD);
+            if self.first_bad.is_none() && data[..n] != self.pat[off..off + n] {
+                self.first_bad = Some(self.pos);
+            }
+            self.pos += n as u64;
+            data = &data[n..];
+        }
+    }
+}
+
+type ChunkStream = futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>;
+
+fn pattern_body(pat: Bytes, len: u64) -> StreamBody<ChunkStream> {
+    let chunks = len / CHUNK as u64;
+    assert_eq!(chunks * CHUNK as u64, len);
+    StreamBody::new(
+        futures_util::stream::iter((0..chunks).map(move |k| Ok(Frame::data(chunk_at(&pat, k)))))
+            .boxed(),
+    )
+}
+
+/// The streaming upstream: `POST /upload` checks and counts, `GET /download?n=N` generates.
+async fn streaming_upstream(pat: Bytes) -> (SocketAddr, AbortOnDrop) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = serve_h1_counting(l, Arc::default(), move |r: Request<Incoming>| {
+        let pat = pat.clone();
+        Box::pin(async move {
+            if r.uri().path() == "/upload" {
+                let mut body = r.into_body();
+                let mut check = Checker::new(pat);
+                while let Some(frame) = body.frame().await {
+                    match frame {
+                        Ok(f) => {
+                            if let Some(d) = f.data_ref() {
+                                check.feed(d);
+                            }
+                        }
+                        Err(e) => {
+                            return Response::builder()
+                                .status(500)
+                                .body(pattern_or_text(format!("body error {e}")))
+                                .expect("resp")
+                        }
+                    }
+                }
+                let text = format!("count={} first_bad={:?}", check.pos, check.first_bad);
+                Response::new(pattern_or_text(text))
+            } else {
+                let n: u64 = r
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("n="))
+                    .and_then(|n| n.parse().ok())
+                    .expect("n=");
+                Response::builder()
+                    .header("content-length", n)
+                    .body(pattern_body(pat, n))
+                    .expect("resp")
+            }
+        })
+    });
+    (addr, AbortOnDrop(task))
+}
+
+fn pattern_or_text(s: String) -> StreamBody<ChunkStream> {
+    StreamBody::new(futures_util::stream::iter([Ok(Frame::data(Bytes::from(s)))]).boxed())
+}
+
+/// Kills and reaps the portico child however the test ends.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+type StreamSender = hyper::client::conn::http1::SendRequest<
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>,
+>;
+
+async fn streaming_client(addr: SocketAddr, roots: rustls::RootCertStore) -> StreamSender {
+    let tls = tls_connect(
+        addr,
+        "localhost",
+        client_config(roots, &[b"http/1.1"], None),
+    )
+    .await
+    .expect("tls");
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    send
+}
+
+async fn upload(c: &mut StreamSender, pat: &Bytes, n: u64) -> String {
+    let r = Request::post("/upload")
+        .header("host", "localhost")
+        .header("content-length", n)
+        .body(BodyExt::boxed_unsync(pattern_body(pat.clone(), n)))
+        .expect("req");
+    c.ready().await.expect("client connection ready");
+    let resp = c.send_request(r).await.expect("upload response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+async fn download(c: &mut StreamSender, pat: &Bytes, n: u64) -> (u64, Option<u64>) {
+    let r = Request::get(format!("/download?n={n}"))
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new().boxed_unsync())
+        .expect("req");
+    c.ready().await.expect("client connection ready");
+    let resp = c.send_request(r).await.expect("download response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut check = Checker::new(pat.clone());
+    while let Some(f) = body.frame().await {
+        if let Some(d) = f.expect("download frame").data_ref() {
+            check.feed(d);
+        }
+    }
+    (check.pos, check.first_bad)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_streams_1gib_each_way_without_buffering_whole_bodies() {
+    init();
+    let pat = pattern();
+    let (up, _srv) = streaming_upstream(pat.clone()).await;
+    let pki = Pki::new("portico stream CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = pki.server(&["localhost"]).write_to(dir.path());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(["--admin-listen", "off", "--access-log", "off"])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .arg("--upstream")
+            .arg(format!("http://{up}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn portico"),
+    );
+    let pid = child.0.id();
+    let roots = pki.roots();
+    eventually(Duration::from_secs(30), "portico accepts TLS", || {
+        let roots = roots.clone();
+        let exited = child.0.try_wait().expect("try_wait");
+        let log = dir.path().join("stderr");
+        async move {
+            if let Some(status) = exited {
+                panic!(
+                    "portico exited {status}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            tls_connect(
+                addr,
+                "localhost",
+                client_config(roots, &[b"http/1.1"], None),
+            )
+            .await
+            .ok()
+            .map(|_| ())
+        }
+    })
+    .await;
+
+    let mut c = streaming_client(addr, roots).await;
+    // Warm-up: pools, buffers and allocator arenas reach their working size.
+    let warm = 64 * CHUNK as u64 * 16;
+    assert_eq!(
+        upload(&mut c, &pat, warm).await,
+        format!("count={warm} first_bad=None")
+    );
+    assert_eq!(download(&mut c, &pat, warm).await, (warm, None));
+    let baseline = vm_rss_kib(pid);
+
+    let max = Arc::new(AtomicU64::new(baseline));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (max, stop) = (max.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                max.fetch_max(vm_rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let t = Instant::now();
+    let up_answer = upload(&mut c, &pat, GIB).await;
+    let up_time = t.elapsed();
+    let t = Instant::now();
+    let down = download(&mut c, &pat, GIB).await;
+    let down_time = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let peak = max.load(Ordering::Relaxed);
+    eprintln!(
+        "1 GiB upload {up_time:?}, download {down_time:?}; VmRSS baseline {baseline} KiB, peak {peak} KiB (+{} KiB)",
+        peak - baseline
+    );
+
+    assert_eq!(up_answer, "count=1073741824 first_bad=None");
+    assert_eq!(down, (1_073_741_824, None));
+    assert!(
+        peak - baseline < 32 * 1024,
+        "portico's VmRSS rose by {} KiB (baseline {baseline} KiB, peak {peak} KiB)",
+        peak - baseline
+    );
+    drop(child);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Upstream keep-alive
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let served2 = served.clone();
+    let _srv = AbortOnDrop(serve_h1_counting(l, accepted.clone(), move |_r| {
+        let n = served2.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move { Response::new(Full::new(Bytes::from(format!("answer {n}")))) })
+    }));
+    // No admin server, so no readiness probe connects: every accept is the pool's.
+    let p = start(&format!("http://{addr}"), |cfg, _, _| {
+        cfg.admin_listen = None;
+        cfg.ready_check = portico::config::ReadyCheck::None;
+    })
+    .await;
+    let mut c = p.h1().await;
+    for i in 1..=20 {
+        let got = send(
+            &mut c,
+            req("GET", &format!("/r/{i}"), "localhost", &[], b""),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), format!("answer {i}"));
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 20);
+    let n = accepted.load(Ordering::SeqCst);
+    // One in practice; the pool puts a connection back from a spawned task, so
+    // under heavy load a second may open. Without reuse it would be 20.
+    assert!(
+        n <= 2,
+        "20 sequential requests opened {n} upstream connections"
+    );
+}
