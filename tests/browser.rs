@@ -20,7 +20,11 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -54,7 +58,13 @@ impl Drop for Kill {
     }
 }
 
-fn run_chromium(bin: &str, profile: &std::path::Path, spki: &str, extra: &[String], url: &str) -> std::process::Output {
+fn run_chromium(
+    bin: &str,
+    profile: &std::path::Path,
+    spki: &str,
+    extra: &[String],
+    url: &str,
+) -> std::process::Output {
     let mut cmd = Command::new(bin);
     cmd.args([
         "--headless",
@@ -74,7 +84,11 @@ fn run_chromium(bin: &str, profile: &std::path::Path, spki: &str, extra: &[Strin
     .args(extra)
     .arg(url)
     .stdin(Stdio::null());
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("chromium");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if child.try_wait().expect("wait").is_some() {
@@ -97,7 +111,9 @@ fn headless_chromium_loads_a_page_over_h2_and_a_websocket_through_portico() {
     support::init();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let primary_addr = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let a = l.local_addr().expect("addr");
         tokio::spawn(primary::serve(l));
         a
@@ -114,7 +130,12 @@ fn headless_chromium_loads_a_page_over_h2_and_a_websocket_through_portico() {
     let port = free_port();
     let mut portico = Kill(
         Command::new(env!("CARGO_BIN_EXE_portico"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                "off",
+            ])
             .args(["--upstream", &format!("http://{primary_addr}")])
             .arg("--tls-cert")
             .arg(&cert)
@@ -140,16 +161,29 @@ fn headless_chromium_loads_a_page_over_h2_and_a_websocket_through_portico() {
         "page did not render through portico; chromium stderr: {}",
         String::from_utf8_lossy(&dom.stderr)
     );
-    assert!(dom_text.contains("echo: ping"), "WebSocket echo did not arrive: {dom_text}");
+    assert!(
+        dom_text.contains("echo: ping"),
+        "WebSocket echo did not arrive: {dom_text}"
+    );
 
     let shot = std::env::var_os("PORTICO_SCREENSHOT")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| dir.path().join("screenshot.png"));
     let profile2 = dir.path().join("profile2");
-    let _ = run_chromium(bin, &profile2, &spki, &[format!("--screenshot={}", shot.display())], &url);
+    let _ = run_chromium(
+        bin,
+        &profile2,
+        &spki,
+        &[format!("--screenshot={}", shot.display())],
+        &url,
+    );
     let png = std::fs::read(&shot).expect("screenshot written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(png.len() > 2000, "screenshot suspiciously small: {} bytes", png.len());
+    assert!(
+        png.len() > 2000,
+        "screenshot suspiciously small: {} bytes",
+        png.len()
+    );
 
     // The access log shows the browser spoke HTTP/2 to portico for the page and
     // upgraded an HTTP/1.1 connection for the WebSocket.
@@ -159,11 +193,14 @@ fn headless_chromium_loads_a_page_over_h2_and_a_websocket_through_portico() {
         let _ = e.read_to_string(&mut log);
     }
     assert!(
-        log.lines().any(|l| l.contains("path=/ ") && l.contains("proto=HTTP/2.0") && l.contains("status=200")),
+        log.lines().any(|l| l.contains("path=/ ")
+            && l.contains("proto=HTTP/2.0")
+            && l.contains("status=200")),
         "no HTTP/2 page load in the access log:\n{log}"
     );
     assert!(
-        log.lines().any(|l| l.contains("path=/ws") && l.contains("status=101")),
+        log.lines()
+            .any(|l| l.contains("path=/ws") && l.contains("status=101")),
         "no WebSocket upgrade in the access log:\n{log}"
     );
 }

@@ -75,7 +75,10 @@ fn kubelet_update(dir: &Path, files: &[(&str, &[u8])]) {
 fn kubelet_pair(dir: &Path, pair: &Pair) {
     kubelet_update(
         dir,
-        &[("tls.crt", pair.cert_pem.as_bytes()), ("tls.key", pair.key_pem.as_bytes())],
+        &[
+            ("tls.crt", pair.cert_pem.as_bytes()),
+            ("tls.key", pair.key_pem.as_bytes()),
+        ],
     );
 }
 
@@ -118,13 +121,30 @@ async fn start_with_secret(
 // Looking at what is served
 
 /// The end-entity certificate a fresh handshake with SNI `sni` is given.
-async fn served_leaf(addr: std::net::SocketAddr, sni: &str, roots: RootCertStore) -> Option<Vec<u8>> {
-    let tls = tls_connect(addr, sni, client_config(roots, &[b"http/1.1"], None)).await.ok()?;
-    tls.get_ref().1.peer_certificates()?.first().map(|c| c.to_vec())
+async fn served_leaf(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    roots: RootCertStore,
+) -> Option<Vec<u8>> {
+    let tls = tls_connect(addr, sni, client_config(roots, &[b"http/1.1"], None))
+        .await
+        .ok()?;
+    tls.get_ref()
+        .1
+        .peer_certificates()?
+        .first()
+        .map(|c| c.to_vec())
 }
 
 /// Waits until fresh handshakes with SNI `sni` are given `want`'s leaf.
-async fn wait_served(addr: std::net::SocketAddr, roots: &RootCertStore, sni: &str, want: &Pair, within: Duration, what: &str) {
+async fn wait_served(
+    addr: std::net::SocketAddr,
+    roots: &RootCertStore,
+    sni: &str,
+    want: &Pair,
+    within: Duration,
+    what: &str,
+) {
     let want = want.leaf_der().to_vec();
     eventually(within, what, || {
         let roots = roots.clone();
@@ -166,7 +186,11 @@ fn get_req(path: &str, xfcc: Option<&str>) -> Request<Full<Bytes>> {
 
 /// One GET over an established TLS stream; any failure is an `Err` that
 /// carries the connection's own error (e.g. the TLS alert the server sent).
-async fn get_over(tls: TlsStream<TcpStream>, path: &str, xfcc: Option<&str>) -> Result<Got, String> {
+async fn get_over(
+    tls: TlsStream<TcpStream>,
+    path: &str,
+    xfcc: Option<&str>,
+) -> Result<Got, String> {
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| format!("h1 handshake: {e:?}"))?;
@@ -185,15 +209,27 @@ async fn get_over(tls: TlsStream<TcpStream>, path: &str, xfcc: Option<&str>) -> 
 }
 
 /// A fresh connection (client certificate optional) and one GET; any failure is an `Err`.
-async fn try_get(addr: std::net::SocketAddr, roots: RootCertStore, cert: Option<&Pair>, xfcc: Option<&str>) -> Result<Got, String> {
-    let tls = tls_connect(addr, "localhost", client_config(roots, &[b"http/1.1"], cert))
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+async fn try_get(
+    addr: std::net::SocketAddr,
+    roots: RootCertStore,
+    cert: Option<&Pair>,
+    xfcc: Option<&str>,
+) -> Result<Got, String> {
+    let tls = tls_connect(
+        addr,
+        "localhost",
+        client_config(roots, &[b"http/1.1"], cert),
+    )
+    .await
+    .map_err(|e| format!("TLS handshake: {e}"))?;
     get_over(tls, "/", xfcc).await
 }
 
 /// Connects with exactly this client configuration (its session store is reused).
-async fn connect_with(addr: std::net::SocketAddr, cfg: &Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+async fn connect_with(
+    addr: std::net::SocketAddr,
+    cfg: &Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
@@ -208,27 +244,59 @@ async fn kubelet_secret_update_serves_new_cert_within_2s_and_open_keepalive_conn
     let up = hello_upstream().await;
     let (p, first, secret) = start_with_secret(&up.url(), |_, _, _| {}).await;
     // The layout is the kubelet's: visible names -> ..data/NAME, ..data -> hidden dir.
-    assert_eq!(std::fs::read_link(secret.join("tls.crt")).expect("link"), Path::new("..data/tls.crt"));
-    assert_eq!(std::fs::read_link(secret.join("tls.key")).expect("link"), Path::new("..data/tls.key"));
+    assert_eq!(
+        std::fs::read_link(secret.join("tls.crt")).expect("link"),
+        Path::new("..data/tls.crt")
+    );
+    assert_eq!(
+        std::fs::read_link(secret.join("tls.key")).expect("link"),
+        Path::new("..data/tls.key")
+    );
     let before = std::fs::read_link(secret.join("..data")).expect("..data");
-    assert_eq!(served_leaf(p.tls_addr, "localhost", p.roots()).await, Some(first.leaf_der().to_vec()));
+    assert_eq!(
+        served_leaf(p.tls_addr, "localhost", p.roots()).await,
+        Some(first.leaf_der().to_vec())
+    );
 
     let mut kept = p.h1().await;
-    let got = collect(kept.send_request(get_req("/before", None)).await.expect("response")).await;
+    let got = collect(
+        kept.send_request(get_req("/before", None))
+            .await
+            .expect("response"),
+    )
+    .await;
     assert_eq!(got.status, 200);
 
     let second = p.pki.server(&["localhost"]);
     kubelet_pair(&secret, &second);
-    wait_served(p.tls_addr, &p.roots(), "localhost", &second, TWO_S, "the new certificate serves new handshakes").await;
+    wait_served(
+        p.tls_addr,
+        &p.roots(),
+        "localhost",
+        &second,
+        TWO_S,
+        "the new certificate serves new handshakes",
+    )
+    .await;
 
     let after = std::fs::read_link(secret.join("..data")).expect("..data");
     assert_ne!(before, after, "..data was swapped");
-    assert!(!secret.join(&before).exists(), "the old hidden directory was removed");
+    assert!(
+        !secret.join(&before).exists(),
+        "the old hidden directory was removed"
+    );
 
     // The connection opened before the swap goes on.
     for path in ["/after-1", "/after-2"] {
-        kept.ready().await.expect("the old connection is still usable");
-        let got = collect(kept.send_request(get_req(path, None)).await.expect("response on the old connection")).await;
+        kept.ready()
+            .await
+            .expect("the old connection is still usable");
+        let got = collect(
+            kept.send_request(get_req(path, None))
+                .await
+                .expect("response on the old connection"),
+        )
+        .await;
         assert_eq!(got.status, 200);
         assert_eq!(got.text(), "hello from upstream");
         assert_eq!(up.last().uri.path(), path);
@@ -254,17 +322,29 @@ async fn twenty_rotations_under_continuous_load_fail_no_request() {
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if let Err(e) = c.ready().await {
-                    failures.lock().expect("lock").push(format!("keep-alive {i}: {e:?}"));
+                    failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("keep-alive {i}: {e:?}"));
                     return;
                 }
-                match c.send_request(get_req(&format!("/keepalive/{i}"), None)).await {
+                match c
+                    .send_request(get_req(&format!("/keepalive/{i}"), None))
+                    .await
+                {
                     Ok(r) if r.status() == StatusCode::OK => {
                         collect(r).await;
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failures.lock().expect("lock").push(format!("keep-alive {i}: status {}", r.status())),
+                    Ok(r) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("keep-alive {i}: status {}", r.status())),
                     Err(e) => {
-                        failures.lock().expect("lock").push(format!("keep-alive {i}: {e:?}"));
+                        failures
+                            .lock()
+                            .expect("lock")
+                            .push(format!("keep-alive {i}: {e:?}"));
                         return;
                     }
                 }
@@ -290,7 +370,10 @@ async fn twenty_rotations_under_continuous_load_fail_no_request() {
                         collect(r).await;
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failures.lock().expect("lock").push(format!("h2: status {}", r.status())),
+                    Ok(r) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("h2: status {}", r.status())),
                     Err(e) => {
                         failures.lock().expect("lock").push(format!("h2: {e:?}"));
                         return;
@@ -310,8 +393,14 @@ async fn twenty_rotations_under_continuous_load_fail_no_request() {
                     Ok(g) if g.status == StatusCode::OK => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(g) => failures.lock().expect("lock").push(format!("new-conn {i}: status {}", g.status)),
-                    Err(e) => failures.lock().expect("lock").push(format!("new-conn {i}: {e}")),
+                    Ok(g) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("new-conn {i}: status {}", g.status)),
+                    Err(e) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("new-conn {i}: {e}")),
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -326,7 +415,15 @@ async fn twenty_rotations_under_continuous_load_fail_no_request() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let last = last.expect("rotated");
-    wait_served(addr, &p.roots(), "localhost", &last, TWO_S, "the last certificate serves").await;
+    wait_served(
+        addr,
+        &p.roots(),
+        "localhost",
+        &last,
+        TWO_S,
+        "the last certificate serves",
+    )
+    .await;
     // Load goes on a little past the last swap.
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::Relaxed);
@@ -335,12 +432,23 @@ async fn twenty_rotations_under_continuous_load_fail_no_request() {
     }
 
     let failures = failures.lock().expect("lock").clone();
-    assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     let ok = ok.load(Ordering::Relaxed);
-    assert!(ok >= 200, "only {ok} requests completed during the rotations");
+    assert!(
+        ok >= 200,
+        "only {ok} requests completed during the rotations"
+    );
     let text = p.metrics_text();
     let reloads = metric(&text, RELOAD_OK).expect("ok series");
-    assert!(reloads >= 20.0, "{reloads} ok reloads for 20 rotations:\n{text}");
+    assert!(
+        reloads >= 20.0,
+        "{reloads} ok reloads for 20 rotations:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,16 +463,37 @@ async fn bad_updates_keep_the_previous_cert_count_failed_and_a_later_good_update
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     });
     let bad: [(&str, &str, &str); 4] = [
-        ("a key that is not the certificate's", &other.cert_pem, &third.key_pem),
-        ("a garbage certificate file", "this is not a PEM certificate\n", &other.key_pem),
+        (
+            "a key that is not the certificate's",
+            &other.cert_pem,
+            &third.key_pem,
+        ),
+        (
+            "a garbage certificate file",
+            "this is not a PEM certificate\n",
+            &other.key_pem,
+        ),
         ("a half-written certificate file", half, &other.key_pem),
-        ("an expired certificate", &expired.cert_pem, &expired.key_pem),
+        (
+            "an expired certificate",
+            &expired.cert_pem,
+            &expired.key_pem,
+        ),
     ];
     assert_eq!(series(&p, RELOAD_FAILED), 0.0);
     for (i, (what, cert, key)) in bad.iter().enumerate() {
         let want = (i + 1) as f64;
-        kubelet_update(&secret, &[("tls.crt", cert.as_bytes()), ("tls.key", key.as_bytes())]);
-        wait_series(&p, RELOAD_FAILED, want, &format!("{what}: reloads{{result=\"failed\"}} rises")).await;
+        kubelet_update(
+            &secret,
+            &[("tls.crt", cert.as_bytes()), ("tls.key", key.as_bytes())],
+        );
+        wait_series(
+            &p,
+            RELOAD_FAILED,
+            want,
+            &format!("{what}: reloads{{result=\"failed\"}} rises"),
+        )
+        .await;
         assert_eq!(
             served_leaf(p.tls_addr, "localhost", p.roots()).await,
             Some(first.leaf_der().to_vec()),
@@ -372,13 +501,27 @@ async fn bad_updates_keep_the_previous_cert_count_failed_and_a_later_good_update
         );
         assert_eq!(series(&p, RELOAD_FAILED), want, "{what}: counted once");
         assert_eq!(series(&p, RELOAD_OK), 0.0, "{what}: not taken");
-        assert_eq!(try_get(p.tls_addr, p.roots(), None, None).await.expect("still serving").status, 200);
+        assert_eq!(
+            try_get(p.tls_addr, p.roots(), None, None)
+                .await
+                .expect("still serving")
+                .status,
+            200
+        );
     }
 
     // The half-written file completed: taken at the next change.
     let good = p.pki.server(&["localhost"]);
     kubelet_pair(&secret, &good);
-    wait_served(p.tls_addr, &p.roots(), "localhost", &good, TWO_S, "a good update after bad ones").await;
+    wait_served(
+        p.tls_addr,
+        &p.roots(),
+        "localhost",
+        &good,
+        TWO_S,
+        "a good update after bad ones",
+    )
+    .await;
     assert_eq!(series(&p, RELOAD_FAILED), 4.0);
     assert_eq!(series(&p, RELOAD_OK), 1.0);
 }
@@ -389,10 +532,21 @@ async fn in_place_edit_of_plain_cert_files_is_picked_up_within_2s() {
     // test_config: plain files DIR/tls/tls.crt and tls.key, no symlinks.
     let p = start(&up.url(), |_, _, _| {}).await;
     let tls = p.dir.path().join("tls");
-    assert!(!std::fs::symlink_metadata(tls.join("tls.crt")).expect("stat").file_type().is_symlink());
+    assert!(!std::fs::symlink_metadata(tls.join("tls.crt"))
+        .expect("stat")
+        .file_type()
+        .is_symlink());
     let new = p.pki.server(&["localhost"]);
     new.write_to(&tls);
-    wait_served(p.tls_addr, &p.roots(), "localhost", &new, TWO_S, "the rewritten files serve").await;
+    wait_served(
+        p.tls_addr,
+        &p.roots(),
+        "localhost",
+        &new,
+        TWO_S,
+        "the rewritten files serve",
+    )
+    .await;
     assert!(series(&p, RELOAD_OK) >= 1.0);
 }
 
@@ -406,7 +560,15 @@ async fn with_file_events_off_the_poll_picks_up_a_rotation_within_2s() {
     .await;
     let new = p.pki.server(&["localhost"]);
     kubelet_pair(&secret, &new);
-    wait_served(p.tls_addr, &p.roots(), "localhost", &new, TWO_S, "the poll picks the update up").await;
+    wait_served(
+        p.tls_addr,
+        &p.roots(),
+        "localhost",
+        &new,
+        TWO_S,
+        "the poll picks the update up",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,12 +582,21 @@ async fn with_the_poll_at_1h_a_file_event_alone_picks_up_a_rotation_within_2s() 
     for _ in 0..2 {
         let new = p.pki.server(&["localhost"]);
         kubelet_pair(&secret, &new);
-        wait_served(p.tls_addr, &p.roots(), "localhost", &new, TWO_S, "the file event picks the update up").await;
+        wait_served(
+            p.tls_addr,
+            &p.roots(),
+            "localhost",
+            &new,
+            TWO_S,
+            "the file event picks the update up",
+        )
+        .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_not_after_gauge_equals_the_served_leaf_and_follows_a_rotation_to_another_name() {
+async fn certificate_not_after_gauge_equals_the_served_leaf_and_follows_a_rotation_to_another_name()
+{
     let up = hello_upstream().await;
     let mut first = None;
     let p = start(&up.url(), |cfg, pki, dir| {
@@ -442,11 +613,19 @@ async fn certificate_not_after_gauge_equals_the_served_leaf_and_follows_a_rotati
     let first = first.expect("pair");
     let secret = p.dir.path().join("secret");
 
-    let served = served_leaf(p.tls_addr, "localhost", p.roots()).await.expect("served");
+    let served = served_leaf(p.tls_addr, "localhost", p.roots())
+        .await
+        .expect("served");
     assert_eq!(served, first.leaf_der().to_vec());
     let expect = rcgen::date_time_ymd(2031, 3, 4).unix_timestamp();
     assert_eq!(not_after_unix(&served), expect);
-    assert_eq!(series(&p, "portico_certificate_not_after_seconds{name=\"localhost\"}"), expect as f64);
+    assert_eq!(
+        series(
+            &p,
+            "portico_certificate_not_after_seconds{name=\"localhost\"}"
+        ),
+        expect as f64
+    );
 
     let next = p.pki.leaf(&["other.example.com"], |params| {
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
@@ -455,11 +634,16 @@ async fn certificate_not_after_gauge_equals_the_served_leaf_and_follows_a_rotati
     kubelet_pair(&secret, &next);
     let expect = rcgen::date_time_ymd(2032, 5, 6).unix_timestamp();
     let got = eventually(TWO_S, "the gauge follows the rotation", || async {
-        metric(&p.metrics_text(), "portico_certificate_not_after_seconds{name=\"other.example.com\"}")
+        metric(
+            &p.metrics_text(),
+            "portico_certificate_not_after_seconds{name=\"other.example.com\"}",
+        )
     })
     .await;
     assert_eq!(got, expect as f64);
-    let served = served_leaf(p.tls_addr, "other.example.com", p.roots()).await.expect("served");
+    let served = served_leaf(p.tls_addr, "other.example.com", p.roots())
+        .await
+        .expect("served");
     assert_eq!(served, next.leaf_der().to_vec());
     assert_eq!(not_after_unix(&served), expect);
     let text = p.metrics_text();
@@ -490,12 +674,23 @@ impl ServerCertVerifier for Recording {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         *self.seen.lock().expect("lock") = Some(end_entity.to_vec());
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(m, c, d)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -504,9 +699,16 @@ impl ServerCertVerifier for Recording {
 }
 
 /// Connects with SNI `sni` (or none); returns the handshake result and the leaf presented.
-async fn presented(addr: std::net::SocketAddr, roots: RootCertStore, sni: &str, send_sni: bool) -> (Result<(), String>, Vec<u8>) {
+async fn presented(
+    addr: std::net::SocketAddr,
+    roots: RootCertStore,
+    sni: &str,
+    send_sni: bool,
+) -> (Result<(), String>, Vec<u8>) {
     let rec = Arc::new(Recording {
-        inner: WebPkiServerVerifier::builder(Arc::new(roots)).build().expect("verifier"),
+        inner: WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .expect("verifier"),
         seen: Mutex::new(None),
     });
     let mut cfg = ClientConfig::builder()
@@ -520,7 +722,12 @@ async fn presented(addr: std::net::SocketAddr, roots: RootCertStore, sni: &str, 
         .await
         .map(|_| ())
         .map_err(|e| e.to_string());
-    let seen = rec.seen.lock().expect("lock").clone().expect("a certificate was presented");
+    let seen = rec
+        .seen
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("a certificate was presented");
     (r, seen)
 }
 
@@ -544,13 +751,29 @@ async fn sni_picks_the_tls_dir_by_name_and_the_first_serves_unknown_or_no_sni() 
     .await;
     let (a, w, b) = pairs.expect("pairs");
     let leaf = |sni: &'static str| served_leaf(p.tls_addr, sni, p.roots());
-    assert_eq!(leaf("b.example.com").await, Some(b.leaf_der().to_vec()), "SNI b.example.com");
-    assert_eq!(leaf("x.wild.example.com").await, Some(w.leaf_der().to_vec()), "SNI x.wild.example.com");
-    assert_eq!(leaf("a.example.com").await, Some(a.leaf_der().to_vec()), "SNI a.example.com");
+    assert_eq!(
+        leaf("b.example.com").await,
+        Some(b.leaf_der().to_vec()),
+        "SNI b.example.com"
+    );
+    assert_eq!(
+        leaf("x.wild.example.com").await,
+        Some(w.leaf_der().to_vec()),
+        "SNI x.wild.example.com"
+    );
+    assert_eq!(
+        leaf("a.example.com").await,
+        Some(a.leaf_der().to_vec()),
+        "SNI a.example.com"
+    );
 
     // Unknown SNI: the first directory's certificate, which the client then refuses by name.
     let (r, seen) = presented(p.tls_addr, p.roots(), "zzz.example.org", true).await;
-    assert_eq!(seen, a.leaf_der().to_vec(), "unknown SNI gets the first certificate");
+    assert_eq!(
+        seen,
+        a.leaf_der().to_vec(),
+        "unknown SNI gets the first certificate"
+    );
     let err = r.expect_err("a.example.com's certificate is not valid for zzz.example.org");
     assert!(err.contains("not valid for name"), "{err}");
     // A deeper name than the wildcard covers is unknown too.
@@ -558,7 +781,11 @@ async fn sni_picks_the_tls_dir_by_name_and_the_first_serves_unknown_or_no_sni() 
     assert_eq!(seen, a.leaf_der().to_vec());
     // No SNI at all: the first, and it verifies for a.example.com.
     let (r, seen) = presented(p.tls_addr, p.roots(), "a.example.com", false).await;
-    assert_eq!(seen, a.leaf_der().to_vec(), "no SNI gets the first certificate");
+    assert_eq!(
+        seen,
+        a.leaf_der().to_vec(),
+        "no SNI gets the first certificate"
+    );
     r.expect("a's certificate verifies against the test CA");
 }
 
@@ -576,16 +803,28 @@ async fn sni_exact_name_beats_a_wildcard_listed_first() {
     })
     .await;
     let (wild, exact) = pairs.expect("pairs");
-    assert_eq!(served_leaf(p.tls_addr, "exact.example.com", p.roots()).await, Some(exact.leaf_der().to_vec()));
-    assert_eq!(served_leaf(p.tls_addr, "EXACT.example.com", p.roots()).await, Some(exact.leaf_der().to_vec()));
-    assert_eq!(served_leaf(p.tls_addr, "other.example.com", p.roots()).await, Some(wild.leaf_der().to_vec()));
+    assert_eq!(
+        served_leaf(p.tls_addr, "exact.example.com", p.roots()).await,
+        Some(exact.leaf_der().to_vec())
+    );
+    assert_eq!(
+        served_leaf(p.tls_addr, "EXACT.example.com", p.roots()).await,
+        Some(exact.leaf_der().to_vec())
+    );
+    assert_eq!(
+        served_leaf(p.tls_addr, "other.example.com", p.roots()).await,
+        Some(wild.leaf_der().to_vec())
+    );
 }
 
 // ---------------------------------------------------------------------------
 // mTLS and X-Forwarded-Client-Cert
 
 fn sha256_hex(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn write_ca(dir: &Path, pki: &Pki) -> PathBuf {
@@ -595,7 +834,10 @@ fn write_ca(dir: &Path, pki: &Pki) -> PathBuf {
 }
 
 async fn start_mtls(up: &Upstream, auth: ClientAuth, allow: &[&str]) -> Portico {
-    let allow: Vec<SanPattern> = allow.iter().map(|s| SanPattern::parse(s).expect("pattern")).collect();
+    let allow: Vec<SanPattern> = allow
+        .iter()
+        .map(|s| SanPattern::parse(s).expect("pattern"))
+        .collect();
     start(&up.url(), move |cfg, pki, dir| {
         cfg.client_ca = Some(write_ca(dir, pki));
         cfg.client_auth = auth;
@@ -618,7 +860,9 @@ async fn mtls_required_refuses_no_cert_and_forwards_xfcc_in_envoy_format_for_a_c
     let p = start_mtls(&up, ClientAuth::Required, &[]).await;
 
     // No client certificate: TLS 1.3 reports the refusal on the first read.
-    let err = try_get(p.tls_addr, p.roots(), None, None).await.expect_err("no client certificate is refused");
+    let err = try_get(p.tls_addr, p.roots(), None, None)
+        .await
+        .expect_err("no client certificate is refused");
     assert!(err.contains("AlertReceived(CertificateRequired)"), "{err}");
     assert_eq!(up.count(), 0, "{err}");
 
@@ -630,12 +874,22 @@ async fn mtls_required_refuses_no_cert_and_forwards_xfcc_in_envoy_format_for_a_c
     let order: Vec<String> = parsed
         .subject()
         .iter()
-        .map(|rdn| rdn.iter().map(|a| a.attr_type().to_id_string()).collect::<Vec<_>>().join("+"))
+        .map(|rdn| {
+            rdn.iter()
+                .map(|a| a.attr_type().to_id_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        })
         .collect();
     assert_eq!(order, ["2.5.4.3", "2.5.4.10"], "DER order: CN, then O");
-    let got = try_get(p.tls_addr, p.roots(), Some(&plain), None).await.expect("a CA client cert is accepted");
+    let got = try_get(p.tls_addr, p.roots(), Some(&plain), None)
+        .await
+        .expect("a CA client cert is accepted");
     assert_eq!(got.status, 200);
-    let expect = format!("Hash={};Subject=\"O=Test Org,CN=client\"", sha256_hex(der.as_ref()));
+    let expect = format!(
+        "Hash={};Subject=\"O=Test Org,CN=client\"",
+        sha256_hex(der.as_ref())
+    );
     assert_eq!(xfcc_values(&up.last()), [expect]);
 
     // With URI and DNS SANs: URIs, then DNS names, in certificate order.
@@ -649,9 +903,14 @@ async fn mtls_required_refuses_no_cert_and_forwards_xfcc_in_envoy_format_for_a_c
         sha256_hex(sans.leaf_der().as_ref())
     );
     // A client-sent XFCC is replaced, never forwarded alongside.
-    let got = try_get(p.tls_addr, p.roots(), Some(&sans), Some("Hash=forged;Subject=\"CN=admin\""))
-        .await
-        .expect("accepted");
+    let got = try_get(
+        p.tls_addr,
+        p.roots(),
+        Some(&sans),
+        Some("Hash=forged;Subject=\"CN=admin\""),
+    )
+    .await
+    .expect("accepted");
     assert_eq!(got.status, 200);
     assert_eq!(xfcc_values(&up.last()), [expect]);
     assert_eq!(up.count(), 2);
@@ -661,12 +920,25 @@ async fn mtls_required_refuses_no_cert_and_forwards_xfcc_in_envoy_format_for_a_c
 async fn mtls_optional_serves_no_cert_without_xfcc_and_drops_a_client_sent_one() {
     let up = hello_upstream().await;
     let p = start_mtls(&up, ClientAuth::Optional, &[]).await;
-    let got = try_get(p.tls_addr, p.roots(), None, Some("Hash=forged;Subject=\"CN=admin\"")).await.expect("no cert is fine");
+    let got = try_get(
+        p.tls_addr,
+        p.roots(),
+        None,
+        Some("Hash=forged;Subject=\"CN=admin\""),
+    )
+    .await
+    .expect("no cert is fine");
     assert_eq!(got.status, 200);
-    assert!(xfcc_values(&up.last()).is_empty(), "{:?}", up.last().headers);
+    assert!(
+        xfcc_values(&up.last()).is_empty(),
+        "{:?}",
+        up.last().headers
+    );
 
     let client = p.pki.client("client", &["c.shop.svc"], &[]);
-    let got = try_get(p.tls_addr, p.roots(), Some(&client), None).await.expect("cert accepted");
+    let got = try_get(p.tls_addr, p.roots(), Some(&client), None)
+        .await
+        .expect("cert accepted");
     assert_eq!(got.status, 200);
     let expect = format!(
         "Hash={};Subject=\"O=Test Org,CN=client\";DNS=c.shop.svc",
@@ -689,17 +961,35 @@ async fn mtls_client_cert_from_another_ca_is_refused_in_required_and_optional_mo
         assert_eq!(up.count(), 0, "{auth:?}");
         // The CA's own clients still get in.
         let own = p.pki.client("client", &[], &[]);
-        assert_eq!(try_get(p.tls_addr, p.roots(), Some(&own), None).await.expect("own CA").status, 200);
+        assert_eq!(
+            try_get(p.tls_addr, p.roots(), Some(&own), None)
+                .await
+                .expect("own CA")
+                .status,
+            200
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_san_dns_wildcard_uri_prefix_and_cn_patterns_accept_matches_and_refuse_others() {
     // (pattern, accepted (cn, dns, uri), refused (cn, dns, uri))
-    type Id = (&'static str, &'static [&'static str], &'static [&'static str]);
+    type Id = (
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
     let cases: [(&str, Id, Id); 4] = [
-        ("dns:client.shop.svc", ("c", &["client.shop.svc"], &[]), ("c", &["other.shop.svc"], &[])),
-        ("dns:*.shop.svc", ("c", &["web.shop.svc"], &[]), ("c", &["web.other.svc", "shop.svc"], &[])),
+        (
+            "dns:client.shop.svc",
+            ("c", &["client.shop.svc"], &[]),
+            ("c", &["other.shop.svc"], &[]),
+        ),
+        (
+            "dns:*.shop.svc",
+            ("c", &["web.shop.svc"], &[]),
+            ("c", &["web.other.svc", "shop.svc"], &[]),
+        ),
         (
             "uri:spiffe://cluster.local/ns/shop/*",
             ("c", &[], &["spiffe://cluster.local/ns/shop/sa/web"]),
@@ -713,11 +1003,18 @@ async fn allow_san_dns_wildcard_uri_prefix_and_cn_patterns_accept_matches_and_re
         let good = p.pki.client(yes.0, yes.1, yes.2);
         let bad = p.pki.client(no.0, no.1, no.2);
         let got = try_get(p.tls_addr, p.roots(), Some(&good), None).await;
-        assert_eq!(got.map(|g| g.status).ok(), Some(StatusCode::OK), "{pattern}: {yes:?} is accepted");
+        assert_eq!(
+            got.map(|g| g.status).ok(),
+            Some(StatusCode::OK),
+            "{pattern}: {yes:?} is accepted"
+        );
         let err = try_get(p.tls_addr, p.roots(), Some(&bad), None)
             .await
             .expect_err("a certificate no pattern matches is refused");
-        assert!(err.contains("AlertReceived(AccessDenied)"), "{pattern}: {no:?}: {err}");
+        assert!(
+            err.contains("AlertReceived(AccessDenied)"),
+            "{pattern}: {no:?}: {err}"
+        );
         assert_eq!(up.count(), 1, "{pattern}");
     }
 }
@@ -733,14 +1030,40 @@ async fn client_ca_rotation_refuses_resumption_of_old_sessions_and_accepts_the_n
     let client1 = p.pki.client("client", &[], &[]);
     let cfg1 = Arc::new(client_config(p.roots(), &[b"http/1.1"], Some(&client1)));
 
-    let tls = connect_with(p.tls_addr, &cfg1).await.expect("first handshake");
-    assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
-    assert_eq!(get_over(tls, "/1", None).await.expect("first request").status, 200);
-    let tls = connect_with(p.tls_addr, &cfg1).await.expect("second handshake");
-    assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "the session resumes");
-    assert_eq!(get_over(tls, "/2", None).await.expect("resumed request").status, 200);
+    let tls = connect_with(p.tls_addr, &cfg1)
+        .await
+        .expect("first handshake");
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(
+        get_over(tls, "/1", None)
+            .await
+            .expect("first request")
+            .status,
+        200
+    );
+    let tls = connect_with(p.tls_addr, &cfg1)
+        .await
+        .expect("second handshake");
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the session resumes"
+    );
+    assert_eq!(
+        get_over(tls, "/2", None)
+            .await
+            .expect("resumed request")
+            .status,
+        200
+    );
     let hash1 = format!("Hash={};", sha256_hex(client1.leaf_der().as_ref()));
-    assert!(xfcc_values(&up.last())[0].starts_with(&hash1), "a resumed session still carries the client's XFCC");
+    assert!(
+        xfcc_values(&up.last())[0].starts_with(&hash1),
+        "a resumed session still carries the client's XFCC"
+    );
 
     let ok_before = series(&p, RELOAD_OK);
     let ca2 = Pki::new("second client CA");
@@ -751,7 +1074,11 @@ async fn client_ca_rotation_refuses_resumption_of_old_sessions_and_accepts_the_n
     let seen_before = up.count();
     let r = match connect_with(p.tls_addr, &cfg1).await {
         Ok(tls) => {
-            assert_ne!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "no resumption across a CA change");
+            assert_ne!(
+                tls.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "no resumption across a CA change"
+            );
             get_over(tls, "/3", None).await.map(|g| g.status)
         }
         Err(e) => Err(e.to_string()),
@@ -763,8 +1090,13 @@ async fn client_ca_rotation_refuses_resumption_of_old_sessions_and_accepts_the_n
 
     let client2 = ca2.client("client", &[], &[]);
     let cfg2 = Arc::new(client_config(p.roots(), &[b"http/1.1"], Some(&client2)));
-    let tls = connect_with(p.tls_addr, &cfg2).await.expect("CA2 handshake");
-    assert_eq!(get_over(tls, "/4", None).await.expect("CA2 client").status, 200);
+    let tls = connect_with(p.tls_addr, &cfg2)
+        .await
+        .expect("CA2 handshake");
+    assert_eq!(
+        get_over(tls, "/4", None).await.expect("CA2 client").status,
+        200
+    );
     let hash2 = format!("Hash={};", sha256_hex(client2.leaf_der().as_ref()));
     assert!(xfcc_values(&up.last())[0].starts_with(&hash2));
 }
@@ -775,23 +1107,48 @@ async fn server_cert_rotation_keeps_session_resumption() {
     let (p, _, secret) = start_with_secret(&up.url(), |_, _, _| {}).await;
     let cfg = Arc::new(client_config(p.roots(), &[b"http/1.1"], None));
     let tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
-    assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
-    assert_eq!(get_over(tls, "/1", None).await.expect("request").status, 200);
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(
+        get_over(tls, "/1", None).await.expect("request").status,
+        200
+    );
     let tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
-    assert_eq!(tls.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-    assert_eq!(get_over(tls, "/2", None).await.expect("request").status, 200);
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert_eq!(
+        get_over(tls, "/2", None).await.expect("request").status,
+        200
+    );
 
     let new = p.pki.server(&["localhost"]);
     kubelet_pair(&secret, &new);
-    wait_served(p.tls_addr, &p.roots(), "localhost", &new, TWO_S, "the rotated certificate").await;
+    wait_served(
+        p.tls_addr,
+        &p.roots(),
+        "localhost",
+        &new,
+        TWO_S,
+        "the rotated certificate",
+    )
+    .await;
 
-    let tls = connect_with(p.tls_addr, &cfg).await.expect("handshake after rotation");
+    let tls = connect_with(p.tls_addr, &cfg)
+        .await
+        .expect("handshake after rotation");
     assert_eq!(
         tls.get_ref().1.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed),
         "ticket keys survive a server certificate rotation"
     );
-    assert_eq!(get_over(tls, "/3", None).await.expect("request").status, 200);
+    assert_eq!(
+        get_over(tls, "/3", None).await.expect("request").status,
+        200
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -808,7 +1165,11 @@ impl Drop for Child {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -820,12 +1181,24 @@ async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
     let (cert, key) = old.write_to(dir.path());
     let (port, admin_port) = (free_port(), free_port());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
-        .args(["--cert-watch", "off", "--cert-poll-interval", "1h", "--upstream", "http://127.0.0.1:1"])
+        .args([
+            "--cert-watch",
+            "off",
+            "--cert-poll-interval",
+            "1h",
+            "--upstream",
+            "http://127.0.0.1:1",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -833,20 +1206,40 @@ async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
         .expect("spawn portico");
     let child = Child(child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_served(addr, &pki.roots(), "localhost", &old, Duration::from_secs(5), "portico starts").await;
+    wait_served(
+        addr,
+        &pki.roots(),
+        "localhost",
+        &old,
+        Duration::from_secs(5),
+        "portico starts",
+    )
+    .await;
 
     let new = pki.server(&["localhost"]);
     new.write_to(dir.path());
     // Neither a watch nor a poll may pick this up: an absence, so a plain wait.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(served_leaf(addr, "localhost", pki.roots()).await, Some(old.leaf_der().to_vec()), "not reloaded without SIGHUP");
+    assert_eq!(
+        served_leaf(addr, "localhost", pki.roots()).await,
+        Some(old.leaf_der().to_vec()),
+        "not reloaded without SIGHUP"
+    );
 
     let status = std::process::Command::new("kill")
         .args(["-HUP", &child.0.id().to_string()])
         .status()
         .expect("kill -HUP");
     assert!(status.success());
-    wait_served(addr, &pki.roots(), "localhost", &new, TWO_S, "SIGHUP reloads").await;
+    wait_served(
+        addr,
+        &pki.roots(),
+        "localhost",
+        &new,
+        TWO_S,
+        "SIGHUP reloads",
+    )
+    .await;
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     let m = plain_get(admin, "/metrics").await;
     assert_eq!(metric(&m.text(), RELOAD_OK), Some(1.0), "{}", m.text());
@@ -878,7 +1271,10 @@ fn startup_log(bind_mount: bool, source: &Path, target: &Path, key: &Path) -> Ve
     let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -899,7 +1295,10 @@ fn startup_log(bind_mount: bool, source: &Path, target: &Path, key: &Path) -> Ve
         }
     }
     let status = child.0.try_wait().ok().flatten();
-    panic!("portico did not report serving (exit {status:?}):\n{}", lines.join("\n"));
+    panic!(
+        "portico did not report serving (exit {status:?}):\n{}",
+        lines.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -924,9 +1323,9 @@ async fn subpath_style_bind_mounted_cert_file_gets_a_warn_line_naming_the_path()
     std::fs::write(&target, pair.cert_pem.as_bytes()).expect("placeholder");
 
     let warned = |lines: &[String], path: &Path| {
-        lines
-            .iter()
-            .any(|l| l.contains("WARN") && l.contains("never rotate") && l.contains(&*path.to_string_lossy()))
+        lines.iter().any(|l| {
+            l.contains("WARN") && l.contains("never rotate") && l.contains(&*path.to_string_lossy())
+        })
     };
     let lines = tokio::task::spawn_blocking({
         let (s, t, k) = (source.clone(), target.clone(), key.clone());
@@ -934,12 +1333,24 @@ async fn subpath_style_bind_mounted_cert_file_gets_a_warn_line_naming_the_path()
     })
     .await
     .expect("join");
-    assert!(warned(&lines, &target), "a WARN names the bind-mounted file:\n{}", lines.join("\n"));
-    assert!(!warned(&lines, &key), "the key is a plain file:\n{}", lines.join("\n"));
+    assert!(
+        warned(&lines, &target),
+        "a WARN names the bind-mounted file:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !warned(&lines, &key),
+        "the key is a plain file:\n{}",
+        lines.join("\n")
+    );
 
     // The same files without the bind mount: no warning.
     let lines = tokio::task::spawn_blocking(move || startup_log(false, &source, &target, &key))
         .await
         .expect("join");
-    assert!(!lines.iter().any(|l| l.contains("never rotate")), "{}", lines.join("\n"));
+    assert!(
+        !lines.iter().any(|l| l.contains("never rotate")),
+        "{}",
+        lines.join("\n")
+    );
 }

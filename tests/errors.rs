@@ -72,17 +72,25 @@ fn assert_answer(a: impl Into<Answer>, status: u16, kind: &str, secrets: &[&str]
     assert_eq!(a.status, status, "status of {a:?}");
     assert_eq!(a.error.as_deref(), Some(kind), "Portico-Error of {a:?}");
     assert!(
-        a.content_type.as_deref().is_some_and(|c| c.starts_with("text/plain")),
+        a.content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("text/plain")),
         "content-type of {a:?}"
     );
     let line = a.body.strip_suffix('\n').unwrap_or(&a.body);
     assert!(!line.trim().is_empty(), "empty body: {a:?}");
-    assert!(!line.contains('\n') && !line.contains('\r'), "not one line: {a:?}");
+    assert!(
+        !line.contains('\n') && !line.contains('\r'),
+        "not one line: {a:?}"
+    );
     for s in ["127.0.0.1", "[::1]", "localhost:"].iter().chain(secrets) {
         assert!(!a.body.contains(s), "body names {s:?}: {a:?}");
     }
     if kind != "overloaded" {
-        assert_eq!(a.retry_after, None, "Retry-After only for overloaded: {a:?}");
+        assert_eq!(
+            a.retry_after, None,
+            "Retry-After only for overloaded: {a:?}"
+        );
     }
     a
 }
@@ -118,7 +126,8 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    sock.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
     let listener = sock.listen(64).expect("listen");
     let addr = listener.local_addr().expect("addr");
     let task = tokio::spawn(async move {
@@ -180,8 +189,15 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<RawResp> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let resp = RawResp { status, headers, body: Vec::new() };
-    let len: usize = resp.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let resp = RawResp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = resp
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut chunk = [0u8; 4096];
     while body.len() < len {
         match s.read(&mut chunk).await {
@@ -209,14 +225,21 @@ async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Opti
 
 /// A raw HTTP/1.1 TLS connection to portico.
 async fn raw_tls(p: &Portico) -> TlsStream<TcpStream> {
-    tls_connect(p.tls_addr, "localhost", client_config(p.roots(), &[b"http/1.1"], None))
-        .await
-        .expect("tls connect")
+    tls_connect(
+        p.tls_addr,
+        "localhost",
+        client_config(p.roots(), &[b"http/1.1"], None),
+    )
+    .await
+    .expect("tls connect")
 }
 
 #[track_caller]
 fn assert_between(d: Duration, lo: Duration, hi: Duration, what: &str) {
-    assert!(d >= lo && d <= hi, "{what}: took {d:?}, expected {lo:?}..{hi:?}");
+    assert!(
+        d >= lo && d <= hi,
+        "{what}: took {d:?}, expected {lo:?}..{hi:?}"
+    );
 }
 
 fn series(kind: &str) -> String {
@@ -227,7 +250,9 @@ fn series(kind: &str) -> String {
 fn dechunk_len(mut b: &[u8]) -> usize {
     let mut total = 0;
     loop {
-        let Some(eol) = find(b, b"\r\n") else { return total };
+        let Some(eol) = find(b, b"\r\n") else {
+            return total;
+        };
         let size = std::str::from_utf8(&b[..eol])
             .ok()
             .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
@@ -265,7 +290,10 @@ async fn connect_refused_is_502_and_counted() {
     assert_eq!(line, format!("{} 1", series("connect-refused")));
     assert_eq!(metric(&text, &series("connect-refused")), Some(1.0));
     assert_eq!(
-        metric(&text, "portico_requests_total{route=\"default\",code=\"502\"}"),
+        metric(
+            &text,
+            "portico_requests_total{route=\"default\",code=\"502\"}"
+        ),
         Some(1.0)
     );
 }
@@ -276,8 +304,16 @@ async fn connect_refused_is_502_and_counted() {
 async fn missing_unix_socket_is_502_connect_failed() {
     let p = start("unix:/nonexistent/sock", |_, _, _| {}).await;
     let got = p.get("/").await;
-    assert_answer(&got, 502, "connect-failed", &["/nonexistent", "sock", "unix:"]);
-    assert_eq!(metric(&p.metrics_text(), &series("connect-failed")), Some(1.0));
+    assert_answer(
+        &got,
+        502,
+        "connect-failed",
+        &["/nonexistent", "sock", "unix:"],
+    );
+    assert_eq!(
+        metric(&p.metrics_text(), &series("connect-failed")),
+        Some(1.0)
+    );
 }
 
 /// SPEC: 502 `upstream-reset` when the upstream closes before a complete
@@ -300,8 +336,15 @@ async fn upstream_closing_without_answer_is_502_upstream_reset() {
     let p = start(&up.url(), |_, _, _| {}).await;
     let got = p.get("/reset").await;
     assert_answer(&got, 502, "upstream-reset", &[&up.addr.port().to_string()]);
-    assert_eq!(heads.load(Ordering::SeqCst), 1, "the upstream read the request exactly once");
-    assert_eq!(metric(&p.metrics_text(), &series("upstream-reset")), Some(1.0));
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        1,
+        "the upstream read the request exactly once"
+    );
+    assert_eq!(
+        metric(&p.metrics_text(), &series("upstream-reset")),
+        Some(1.0)
+    );
 }
 
 /// SPEC: 502 `upstream-reset` when the upstream sends half a response head and
@@ -324,7 +367,10 @@ async fn upstream_closing_mid_head_is_502_upstream_reset() {
 /// not HTTP: a line of garbage, and a status line with no valid status code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_http_from_upstream_is_502_bad_upstream_response() {
-    for answer in [&b"garbage\r\n\r\n"[..], &b"HTTP/1.1 abc Nope\r\nContent-Length: 0\r\n\r\n"[..]] {
+    for answer in [
+        &b"garbage\r\n\r\n"[..],
+        &b"HTTP/1.1 abc Nope\r\nContent-Length: 0\r\n\r\n"[..],
+    ] {
         let up = raw_upstream(move |mut s| async move {
             let _ = read_head(&mut s).await;
             let _ = s.write_all(answer).await;
@@ -336,8 +382,14 @@ async fn non_http_from_upstream_is_502_bad_upstream_response() {
         let started = Instant::now();
         let got = p.get("/").await;
         assert_answer(&got, 502, "bad-upstream-response", &["garbage"]);
-        assert!(started.elapsed() < MS(2000), "answered at once, not on close");
-        assert_eq!(metric(&p.metrics_text(), &series("bad-upstream-response")), Some(1.0));
+        assert!(
+            started.elapsed() < MS(2000),
+            "answered at once, not on close"
+        );
+        assert_eq!(
+            metric(&p.metrics_text(), &series("bad-upstream-response")),
+            Some(1.0)
+        );
     }
 }
 
@@ -349,7 +401,8 @@ async fn non_http_from_upstream_is_502_bad_upstream_response() {
 /// (the kernel drops their SYNs). Returns the address and what fills it.
 async fn hanging_listener() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStream>) {
     let sock = TcpSocket::new_v4().expect("socket");
-    sock.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
     let listener = sock.listen(0).expect("listen");
     let addr = listener.local_addr().expect("addr");
     let mut fillers = Vec::new();
@@ -362,7 +415,9 @@ async fn hanging_listener() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStre
     }
     // Verify the approach: a further connect does not complete.
     assert!(
-        tokio::time::timeout(MS(300), TcpStream::connect(addr)).await.is_err(),
+        tokio::time::timeout(MS(300), TcpStream::connect(addr))
+            .await
+            .is_err(),
         "connects to a full accept queue should hang"
     );
     (addr, listener, fillers)
@@ -378,9 +433,17 @@ async fn hanging_connect_is_504_connect_timeout() {
     .await;
     let started = Instant::now();
     let got = p.get("/").await;
-    assert_between(started.elapsed(), MS(300), MS(2000), "connect-timeout answer");
+    assert_between(
+        started.elapsed(),
+        MS(300),
+        MS(2000),
+        "connect-timeout answer",
+    );
     assert_answer(&got, 504, "connect-timeout", &[&addr.port().to_string()]);
-    assert_eq!(metric(&p.metrics_text(), &series("connect-timeout")), Some(1.0));
+    assert_eq!(
+        metric(&p.metrics_text(), &series("connect-timeout")),
+        Some(1.0)
+    );
 }
 
 /// SPEC: 504 `upstream-timeout` when the upstream accepts, reads the request and
@@ -398,9 +461,17 @@ async fn silent_upstream_is_504_upstream_timeout() {
     .await;
     let started = Instant::now();
     let got = p.get("/").await;
-    assert_between(started.elapsed(), MS(300), MS(2000), "upstream-timeout answer");
+    assert_between(
+        started.elapsed(),
+        MS(300),
+        MS(2000),
+        "upstream-timeout answer",
+    );
     assert_answer(&got, 504, "upstream-timeout", &[]);
-    assert_eq!(metric(&p.metrics_text(), &series("upstream-timeout")), Some(1.0));
+    assert_eq!(
+        metric(&p.metrics_text(), &series("upstream-timeout")),
+        Some(1.0)
+    );
 }
 
 /// SPEC `--request-timeout` runs "from the complete request (head, and body if
@@ -426,7 +497,10 @@ async fn request_timeout_starts_after_a_slow_client_body() {
         tls.write_all(&[b'a'; 1000]).await.expect("chunk");
     }
     let resp = read_response(&mut tls).await.expect("a response");
-    assert!(started.elapsed() >= MS(750), "the body took longer than the timeout");
+    assert!(
+        started.elapsed() >= MS(750),
+        "the body took longer than the timeout"
+    );
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.body, b"got 5000");
     assert_eq!(up.last().body.len(), 5000);
@@ -456,7 +530,9 @@ async fn request_timeout_starts_after_an_upstream_reads_the_body() {
                 }
             }
             *rd.lock().expect("lock") = Some(Instant::now());
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     })
@@ -475,7 +551,10 @@ async fn request_timeout_starts_after_an_upstream_reads_the_body() {
     let took = started.elapsed();
     assert_eq!(got.status, 200, "{got:?}");
     assert_eq!(got.text(), "ok");
-    let read_at = read_done.lock().expect("lock").expect("upstream read the body");
+    let read_at = read_done
+        .lock()
+        .expect("lock")
+        .expect("upstream read the body");
     assert!(
         read_at - started > MS(600),
         "the upstream took {:?} (> 2x the timeout) to read the body; total {took:?}",
@@ -522,21 +601,48 @@ async fn past_max_requests_in_flight_is_503_at_once() {
         .expect("req");
     let started = Instant::now();
     let got = collect(c.send_request(req).await.expect("response")).await;
-    assert!(started.elapsed() < MS(200), "503 at once, took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < MS(200),
+        "503 at once, took {:?}",
+        started.elapsed()
+    );
     let a = assert_answer(&got, 503, "overloaded", &[]);
     assert_eq!(a.retry_after.as_deref(), Some("1"));
-    assert_eq!(up.count(), 2, "the third request never reached the upstream");
+    assert_eq!(
+        up.count(),
+        2,
+        "the third request never reached the upstream"
+    );
 
     release.send(true).expect("release");
     for h in held {
-        let got = tokio::time::timeout(MS(3000), h).await.expect("in time").expect("task");
+        let got = tokio::time::timeout(MS(3000), h)
+            .await
+            .expect("in time")
+            .expect("task");
         assert_eq!(got.status, 200);
         assert_eq!(got.text(), "held");
     }
     let text = p.metrics_text();
-    assert_eq!(metric(&text, "portico_requests_total{route=\"default\",code=\"503\"}"), Some(1.0));
-    assert_eq!(metric(&text, "portico_requests_total{route=\"default\",code=\"200\"}"), Some(2.0));
-    assert_eq!(metric(&text, &series("overloaded")), None, "not an upstream error");
+    assert_eq!(
+        metric(
+            &text,
+            "portico_requests_total{route=\"default\",code=\"503\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "portico_requests_total{route=\"default\",code=\"200\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, &series("overloaded")),
+        None,
+        "not an upstream error"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -568,7 +674,10 @@ async fn content_length_with_transfer_encoding_is_forwarded_as_chunked() {
         let resp = read_response(&mut tls).await.expect("a response");
         assert_eq!(resp.status, 200, "{resp:?}");
         assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
-        assert!(closed_within(&mut tls, MS(2000)).await.is_some(), "connection closed");
+        assert!(
+            closed_within(&mut tls, MS(2000)).await.is_some(),
+            "connection closed"
+        );
         assert_eq!(up.count(), i + 1, "exactly one request forwarded");
         let seen = up.last();
         assert_eq!(seen.uri.path(), "/smuggle");
@@ -591,7 +700,10 @@ async fn two_content_lengths_are_refused_by_the_parser() {
     let resp = read_response(&mut tls).await.expect("a response");
     assert_eq!(resp.status, 400, "{resp:?}");
     assert_eq!(resp.header("portico-error"), None, "hyper's own 400");
-    assert!(closed_within(&mut tls, MS(2000)).await.is_some(), "connection closed");
+    assert!(
+        closed_within(&mut tls, MS(2000)).await.is_some(),
+        "connection closed"
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -613,10 +725,17 @@ async fn declared_body_over_limit_is_413_at_once() {
         .await
         .expect("413 before the body is sent")
         .expect("a response");
-    assert!(started.elapsed() < MS(500), "at once, took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < MS(500),
+        "at once, took {:?}",
+        started.elapsed()
+    );
     let a = assert_answer(&resp, 413, "body-too-large", &[]);
     assert_eq!(a.connection.as_deref(), Some("close"));
-    assert!(closed_within(&mut tls, MS(2000)).await.is_some(), "connection closed");
+    assert!(
+        closed_within(&mut tls, MS(2000)).await.is_some(),
+        "connection closed"
+    );
     assert_eq!(up.count(), 0, "the upstream saw no request");
 
     // At the limit exactly is fine.
@@ -654,16 +773,20 @@ async fn streamed_body_over_limit_is_cut() {
     })
     .await;
     let mut tls = raw_tls(&p).await;
-    tls.write_all(b"POST /stream HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .await
-        .expect("head");
+    tls.write_all(
+        b"POST /stream HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .expect("head");
     let chunk = format!("400\r\n{}\r\n", "b".repeat(1024));
     for _ in 0..4 {
         tls.write_all(chunk.as_bytes()).await.expect("chunk");
     }
-    eventually(MS(3000), "the upstream streams the first 4096 bytes", || async {
-        (dechunk_len(&received.lock().expect("lock")) == 4096).then_some(())
-    })
+    eventually(
+        MS(3000),
+        "the upstream streams the first 4096 bytes",
+        || async { (dechunk_len(&received.lock().expect("lock")) == 4096).then_some(()) },
+    )
     .await;
     // One more byte than the limit.
     tls.write_all(b"1\r\nc\r\n").await.expect("chunk");
@@ -673,8 +796,15 @@ async fn streamed_body_over_limit_is_cut() {
         .expect("a response");
     let a = assert_answer(&resp, 413, "body-too-large", &[]);
     assert_eq!(a.connection.as_deref(), Some("close"));
-    assert!(closed_within(&mut tls, MS(2000)).await.is_some(), "connection closed");
-    assert_eq!(dechunk_len(&received.lock().expect("lock")), 4096, "never more than the limit");
+    assert!(
+        closed_within(&mut tls, MS(2000)).await.is_some(),
+        "connection closed"
+    );
+    assert_eq!(
+        dechunk_len(&received.lock().expect("lock")),
+        4096,
+        "never more than the limit"
+    );
 }
 
 /// SPEC: a request head larger than `--max-header-bytes` is 431
@@ -704,7 +834,12 @@ async fn large_head_over_h1_is_431() {
         .header("x-small", "s".repeat(2 * 1024))
         .body(Full::new(Bytes::new()))
         .expect("req");
-    assert_eq!(collect(c.send_request(req).await.expect("response")).await.status, 200);
+    assert_eq!(
+        collect(c.send_request(req).await.expect("response"))
+            .await
+            .status,
+        200
+    );
 }
 
 /// SPEC: the same over HTTP/2: 431 `headers-too-large` with `Portico-Error`,
@@ -725,8 +860,15 @@ async fn large_head_over_h2_is_431() {
     let got = collect(c.send_request(req).await.expect("response")).await;
     assert_answer(&got, 431, "headers-too-large", &[]);
     assert_eq!(up.count(), 0);
-    let req = Request::get(&uri).body(Full::new(Bytes::new())).expect("req");
-    assert_eq!(collect(c.send_request(req).await.expect("response")).await.status, 200);
+    let req = Request::get(&uri)
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    assert_eq!(
+        collect(c.send_request(req).await.expect("response"))
+            .await
+            .status,
+        200
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -746,7 +888,10 @@ async fn silent_tcp_client_is_closed_after_handshake_timeout() {
     let took = closed_within(&mut tcp, MS(3000)).await.expect("closed");
     assert_between(took, MS(250), MS(2000), "handshake timeout");
     let text = p.metrics_text();
-    assert_eq!(metric(&text, "portico_tls_handshakes_total{result=\"failed\"}"), Some(1.0));
+    assert_eq!(
+        metric(&text, "portico_tls_handshakes_total{result=\"failed\"}"),
+        Some(1.0)
+    );
     assert_eq!(
         metric(&text, "portico_tls_handshakes_total{result=\"ok\"}").unwrap_or(0.0),
         0.0
@@ -767,7 +912,9 @@ async fn slowloris_is_closed_after_header_read_timeout() {
     let tls = raw_tls(&p).await;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let started = Instant::now();
-    wr.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("head start");
+    wr.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("head start");
     let trickle = tokio::spawn(async move {
         for b in b"X-Slow: ".iter().chain([b'a'; 64].iter()).cycle().take(40) {
             tokio::time::sleep(MS(100)).await;
@@ -776,7 +923,9 @@ async fn slowloris_is_closed_after_header_read_timeout() {
             }
         }
     });
-    let took = closed_within(&mut rd, MS(3000)).await.expect("closed despite the trickle");
+    let took = closed_within(&mut rd, MS(3000))
+        .await
+        .expect("closed despite the trickle");
     assert_between(took, MS(450), MS(2000), "header-read timeout");
     assert_between(started.elapsed(), MS(450), MS(2000), "header-read timeout");
     trickle.abort();
@@ -795,7 +944,12 @@ async fn silent_tls_client_is_closed_after_header_read_timeout() {
     .await;
     let mut tls = raw_tls(&p).await;
     let took = closed_within(&mut tls, MS(3000)).await.expect("closed");
-    assert_between(took, MS(450), MS(2000), "header-read timeout after the handshake");
+    assert_between(
+        took,
+        MS(450),
+        MS(2000),
+        "header-read timeout after the handshake",
+    );
 }
 
 /// SPEC `--idle-timeout`: a keep-alive connection with nothing in flight and no
@@ -809,7 +963,9 @@ async fn idle_h1_connection_is_closed_after_idle_timeout() {
     })
     .await;
     let mut tls = raw_tls(&p).await;
-    tls.write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("req");
+    tls.write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("req");
     let resp = read_response(&mut tls).await.expect("response");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"hello from upstream");
@@ -835,14 +991,20 @@ async fn busy_h1_connection_outlives_idle_timeout() {
         tls.write_all(format!("GET /{n} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
             .expect("request on the same connection");
-        let resp = read_response(&mut tls).await.expect("response on the same connection");
+        let resp = read_response(&mut tls)
+            .await
+            .expect("response on the same connection");
         assert_eq!(resp.status, 200);
         n += 1;
         tokio::time::sleep(MS(200)).await;
     }
     assert!(n >= 8, "{n} requests");
     assert_eq!(up.count(), n);
-    assert_eq!(p.metrics.connections_total.get(), 1, "all on one connection");
+    assert_eq!(
+        p.metrics.connections_total.get(),
+        1,
+        "all on one connection"
+    );
 }
 
 /// SPEC `--idle-timeout` over HTTP/2: after its request, an idle connection is
@@ -855,12 +1017,17 @@ async fn idle_h2_connection_is_closed_after_idle_timeout() {
         cfg.header_read_timeout = Duration::from_secs(10);
     })
     .await;
-    let tls = tls_connect(p.tls_addr, "localhost", client_config(p.roots(), &[b"h2"], None))
-        .await
-        .expect("tls");
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .expect("h2 handshake");
+    let tls = tls_connect(
+        p.tls_addr,
+        "localhost",
+        client_config(p.roots(), &[b"h2"], None),
+    )
+    .await
+    .expect("tls");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let r = conn.await;
@@ -894,7 +1061,9 @@ async fn stalled_response_body_is_cut_after_body_timeout() {
             if read_head(&mut s).await.0.is_empty() {
                 return;
             }
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                .await;
             if let Some(took) = closed_within(&mut s, MS(5000)).await {
                 if let Some(tx) = closed_tx.lock().expect("lock").take() {
                     let _ = tx.send(took);
@@ -918,16 +1087,33 @@ async fn stalled_response_body_is_cut_after_body_timeout() {
     let mut body = resp.into_body();
     let mut got = Vec::new();
     let err = loop {
-        match tokio::time::timeout(MS(3000), body.frame()).await.expect("cut within 3s") {
+        match tokio::time::timeout(MS(3000), body.frame())
+            .await
+            .expect("cut within 3s")
+        {
             Some(Ok(f)) => got.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
             Some(Err(e)) => break e,
             None => panic!("the body ended cleanly after {} bytes", got.len()),
         }
     };
-    assert_between(head_at.elapsed(), MS(250), MS(2000), "response body timeout");
-    assert_eq!(got, b"0123456789", "the part before the stall arrived ({err})");
-    let up_closed = tokio::time::timeout(MS(3000), closed_rx).await.expect("upstream closed").expect("tx");
-    assert!(up_closed < MS(2000), "upstream connection closed after {up_closed:?}");
+    assert_between(
+        head_at.elapsed(),
+        MS(250),
+        MS(2000),
+        "response body timeout",
+    );
+    assert_eq!(
+        got, b"0123456789",
+        "the part before the stall arrived ({err})"
+    );
+    let up_closed = tokio::time::timeout(MS(3000), closed_rx)
+        .await
+        .expect("upstream closed")
+        .expect("tx");
+    assert!(
+        up_closed < MS(2000),
+        "upstream connection closed after {up_closed:?}"
+    );
 }
 
 /// SPEC `--body-timeout`: a request body that stalls is cut: the client's
@@ -965,7 +1151,9 @@ async fn stalled_request_body_is_cut_after_body_timeout() {
         .expect("head");
     tls.write_all(&[b'x'; 100]).await.expect("part of the body");
     let stalled = Instant::now();
-    let resp = tokio::time::timeout(MS(3000), read_response(&mut tls)).await.expect("in time");
+    let resp = tokio::time::timeout(MS(3000), read_response(&mut tls))
+        .await
+        .expect("in time");
     let took = stalled.elapsed();
     assert_between(took, MS(250), MS(2000), "request body timeout");
     // portico answers its own 400 (the request could not be forwarded whole)
@@ -973,9 +1161,18 @@ async fn stalled_request_body_is_cut_after_body_timeout() {
     let resp = resp.expect("an answer before the close");
     let a = assert_answer(&resp, 400, "bad-request", &[]);
     assert_eq!(a.connection.as_deref(), Some("close"));
-    assert!(closed_within(&mut tls, MS(2000)).await.is_some(), "client connection closed");
-    let n = tokio::time::timeout(MS(3000), closed_rx).await.expect("upstream closed").expect("tx");
-    assert_eq!(n, 100, "the upstream got the part that was sent, then its connection was closed");
+    assert!(
+        closed_within(&mut tls, MS(2000)).await.is_some(),
+        "client connection closed"
+    );
+    let n = tokio::time::timeout(MS(3000), closed_rx)
+        .await
+        .expect("upstream closed")
+        .expect("tx");
+    assert_eq!(
+        n, 100,
+        "the upstream got the part that was sent, then its connection was closed"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -999,7 +1196,8 @@ async fn accepting_pauses_at_max_connections() {
         .await
         .expect("kernel accepts the TCP connect")
         .expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(p.roots(), &[b"http/1.1"], None)));
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_config(p.roots(), &[b"http/1.1"], None)));
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let hs = connector.connect(name, tcp);
     tokio::pin!(hs);

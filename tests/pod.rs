@@ -62,7 +62,9 @@ async fn ready_becomes(addr: SocketAddr, within: Duration, status: u16, body: &s
 /// GET on a plain listener, `None` when nothing accepts.
 async fn try_plain_get(addr: SocketAddr, path: &str) -> Option<Got> {
     let tcp = TcpStream::connect(addr).await.ok()?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
     tokio::spawn(conn);
     let req = Request::get(path)
         .header("host", addr.to_string())
@@ -106,7 +108,10 @@ async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, Vec<(String, Str
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn h2_get(p: &Portico, path: &str) -> Request<Full<Bytes>> {
@@ -123,9 +128,11 @@ fn h1_get(path: &str) -> Request<Full<Bytes>> {
 }
 
 async fn wait_seen(up: &Upstream, n: usize) {
-    eventually(Duration::from_secs(3), "the upstream sees the requests", || async {
-        (up.count() >= n).then_some(())
-    })
+    eventually(
+        Duration::from_secs(3),
+        "the upstream sees the requests",
+        || async { (up.count() >= n).then_some(()) },
+    )
     .await
 }
 
@@ -197,7 +204,10 @@ async fn readyz_is_503_naming_a_refused_upstream() {
     let dead = dead_port().await;
     let url = format!("http://{dead}");
     let p = start(&url, |_, _, _| {}).await;
-    let want = format!("upstream http://127.0.0.1:{}: connection refused\n", dead.port());
+    let want = format!(
+        "upstream http://127.0.0.1:{}: connection refused\n",
+        dead.port()
+    );
     ready_becomes(admin(&p), Duration::from_secs(2), 503, &want).await;
     // Liveness is unaffected.
     assert_eq!(plain_get(admin(&p), "/healthz").await.status, 200);
@@ -211,11 +221,16 @@ async fn listener_on(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
     .await;
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { continue };
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"up"))))
-                });
+                let svc =
+                    hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"up"),
+                        )))
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
@@ -251,7 +266,11 @@ async fn readyz_http_check_needs_a_2xx_from_its_path() {
     let status = Arc::new(AtomicU16::new(200));
     let s2 = status.clone();
     let up = upstream_with(false, move |seen| {
-        let code = if seen.uri.path() == "/health" { s2.load(Ordering::SeqCst) } else { 404 };
+        let code = if seen.uri.path() == "/health" {
+            s2.load(Ordering::SeqCst)
+        } else {
+            404
+        };
         async move {
             let mut r = Response::new(Full::new(Bytes::from_static(b"health")));
             *r.status_mut() = StatusCode::from_u16(code).expect("status");
@@ -269,7 +288,10 @@ async fn readyz_http_check_needs_a_2xx_from_its_path() {
     assert_eq!(last.method, http::Method::GET);
 
     status.store(500, Ordering::SeqCst);
-    let want = format!("upstream {}: GET /health answered 500 Internal Server Error\n", up.url());
+    let want = format!(
+        "upstream {}: GET /health answered 500 Internal Server Error\n",
+        up.url()
+    );
     ready_becomes(admin(&p), Duration::from_secs(2), 503, &want).await;
 
     status.store(204, Ordering::SeqCst);
@@ -323,7 +345,10 @@ async fn metrics_is_prometheus_text_with_every_spec_family_and_its_labels() {
         assert!(ct.contains("version=1.0.0"), "{ct}");
         assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
     } else {
-        assert!(ct.starts_with("text/plain; version=0.0.4"), "not a Prometheus type: {ct}");
+        assert!(
+            ct.starts_with("text/plain; version=0.0.4"),
+            "not a Prometheus type: {ct}"
+        );
     }
 
     for (family, kind) in [
@@ -341,28 +366,76 @@ async fn metrics_is_prometheus_text_with_every_spec_family_and_its_labels() {
         assert!(text.contains(&line), "missing {line:?}");
     }
 
-    assert_eq!(value(&text, r#"portico_requests_total{route="default",code="200"}"#), 1.0);
-    assert_eq!(value(&text, r#"portico_request_duration_seconds_count{route="default"}"#), 1.0);
-    assert!(value(&text, r#"portico_request_duration_seconds_sum{route="default"}"#) > 0.0);
     assert_eq!(
-        value(&text, r#"portico_request_duration_seconds_bucket{le="+Inf",route="default"}"#),
+        value(
+            &text,
+            r#"portico_requests_total{route="default",code="200"}"#
+        ),
         1.0
     );
-    for kind in ["connect-refused", "connect-failed", "upstream-reset", "bad-upstream-response", "connect-timeout", "upstream-timeout"] {
+    assert_eq!(
+        value(
+            &text,
+            r#"portico_request_duration_seconds_count{route="default"}"#
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            r#"portico_request_duration_seconds_sum{route="default"}"#
+        ) > 0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"portico_request_duration_seconds_bucket{le="+Inf",route="default"}"#
+        ),
+        1.0
+    );
+    for kind in [
+        "connect-refused",
+        "connect-failed",
+        "upstream-reset",
+        "bad-upstream-response",
+        "connect-timeout",
+        "upstream-timeout",
+    ] {
         let s = format!(r#"portico_upstream_errors_total{{route="default",kind="{kind}"}}"#);
         assert_eq!(value(&text, &s), 0.0, "{s}");
     }
     assert_eq!(value(&text, "portico_connections_total"), 1.0);
     assert!(metric(&text, "portico_connections_open").is_some());
-    assert_eq!(value(&text, r#"portico_tls_handshakes_total{result="ok"}"#), 1.0);
-    assert_eq!(value(&text, r#"portico_tls_handshakes_total{result="failed"}"#), 0.0);
-    assert_eq!(value(&text, r#"portico_certificate_reloads_total{result="ok"}"#), 0.0);
-    assert_eq!(value(&text, r#"portico_certificate_reloads_total{result="failed"}"#), 0.0);
+    assert_eq!(
+        value(&text, r#"portico_tls_handshakes_total{result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(&text, r#"portico_tls_handshakes_total{result="failed"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(&text, r#"portico_certificate_reloads_total{result="ok"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"portico_certificate_reloads_total{result="failed"}"#
+        ),
+        0.0
+    );
     assert_eq!(value(&text, r#"portico_build_info{version="0.1.0"}"#), 1.0);
 
     // The expiry of the certificate in service, under its first DNS name.
     let pem = std::fs::read_to_string(p.dir.path().join("tls/tls.crt")).expect("cert");
-    assert_eq!(value(&text, r#"portico_certificate_not_after_seconds{name="localhost"}"#), not_after(&pem));
+    assert_eq!(
+        value(
+            &text,
+            r#"portico_certificate_not_after_seconds{name="localhost"}"#
+        ),
+        not_after(&pem)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,18 +446,26 @@ async fn metrics_requests_rise_by_exactly_n_per_route_labelled_with_the_route_sp
     let gone = format!("/gone=http://{dead}");
     let (a, g) = (api.clone(), gone.clone());
     let p = start(&up.url(), move |cfg, _, _| {
-        cfg.routes = vec![Route::parse(&a).expect("route"), Route::parse(&g).expect("route")];
+        cfg.routes = vec![
+            Route::parse(&a).expect("route"),
+            Route::parse(&g).expect("route"),
+        ];
     })
     .await;
     let api_200 = format!(r#"portico_requests_total{{route="{api}",code="200"}}"#);
     let api_count = format!(r#"portico_request_duration_seconds_count{{route="{api}"}}"#);
     let def_200 = r#"portico_requests_total{route="default",code="200"}"#;
     let gone_502 = format!(r#"portico_requests_total{{route="{gone}",code="502"}}"#);
-    let gone_refused = format!(r#"portico_upstream_errors_total{{route="{gone}",kind="connect-refused"}}"#);
+    let gone_refused =
+        format!(r#"portico_upstream_errors_total{{route="{gone}",kind="connect-refused"}}"#);
 
     let before = scrape(&p).await;
     assert_eq!(metric(&before, &api_200), None, "no requests yet");
-    assert_eq!(value(&before, &api_count), 0.0, "route histograms exist before traffic");
+    assert_eq!(
+        value(&before, &api_count),
+        0.0,
+        "route histograms exist before traffic"
+    );
     assert_eq!(value(&before, &gone_refused), 0.0);
 
     let mut c = p.h1().await;
@@ -410,12 +491,20 @@ async fn metrics_requests_rise_by_exactly_n_per_route_labelled_with_the_route_sp
     assert_eq!(value(&after, &api_count), 7.0);
     let le_inf = format!(r#"portico_request_duration_seconds_bucket{{le="+Inf",route="{api}"}}"#);
     assert_eq!(value(&after, &le_inf), 7.0);
-    assert!(value(&after, &format!(r#"portico_request_duration_seconds_sum{{route="{api}"}}"#)) > 0.0);
+    assert!(
+        value(
+            &after,
+            &format!(r#"portico_request_duration_seconds_sum{{route="{api}"}}"#)
+        ) > 0.0
+    );
     assert_eq!(value(&after, def_200), 3.0);
     assert_eq!(value(&after, &gone_502), 1.0);
     assert_eq!(value(&after, &gone_refused), 1.0);
     assert_eq!(
-        value(&after, &format!(r#"portico_upstream_errors_total{{route="{api}",kind="connect-refused"}}"#)),
+        value(
+            &after,
+            &format!(r#"portico_upstream_errors_total{{route="{api}",kind="connect-refused"}}"#)
+        ),
         0.0
     );
 }
@@ -431,34 +520,61 @@ async fn metrics_count_tls_connections_and_handshakes_including_plain_http_sent_
     // Two TLS connections held open.
     let mut a = p.h1().await;
     let mut b = p.h2().await;
-    assert_eq!(collect(a.send_request(h1_get("/")).await.expect("resp")).await.status, 200);
-    assert_eq!(collect(b.send_request(h2_get(&p, "/")).await.expect("resp")).await.status, 200);
+    assert_eq!(
+        collect(a.send_request(h1_get("/")).await.expect("resp"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        collect(b.send_request(h2_get(&p, "/")).await.expect("resp"))
+            .await
+            .status,
+        200
+    );
     let m1 = scrape(&p).await;
     assert_eq!(value(&m1, "portico_connections_open"), 2.0);
     assert_eq!(value(&m1, "portico_connections_total"), 2.0);
-    assert_eq!(value(&m1, r#"portico_tls_handshakes_total{result="ok"}"#), 2.0);
+    assert_eq!(
+        value(&m1, r#"portico_tls_handshakes_total{result="ok"}"#),
+        2.0
+    );
 
     // Plain HTTP on the TLS port: the handshake fails; counted once.
     let mut tcp = TcpStream::connect(p.tls_addr).await.expect("connect");
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut sink))
         .await
         .expect("portico closes the plain-HTTP connection");
-    let text = eventually(Duration::from_secs(2), "the failed handshake is counted", || async {
-        let t = p.metrics_text();
-        (metric(&t, r#"portico_tls_handshakes_total{result="failed"}"#) == Some(1.0)).then_some(t)
-    })
+    let text = eventually(
+        Duration::from_secs(2),
+        "the failed handshake is counted",
+        || async {
+            let t = p.metrics_text();
+            (metric(&t, r#"portico_tls_handshakes_total{result="failed"}"#) == Some(1.0))
+                .then_some(t)
+        },
+    )
     .await;
     assert_eq!(value(&text, "portico_connections_total"), 3.0);
-    assert_eq!(value(&text, r#"portico_tls_handshakes_total{result="ok"}"#), 2.0);
+    assert_eq!(
+        value(&text, r#"portico_tls_handshakes_total{result="ok"}"#),
+        2.0
+    );
 
     drop(a);
     drop(b);
     drop(tcp);
-    eventually(Duration::from_secs(3), "connections_open returns to 0", || async {
-        (metric(&p.metrics_text(), "portico_connections_open") == Some(0.0)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(3),
+        "connections_open returns to 0",
+        || async {
+            (metric(&p.metrics_text(), "portico_connections_open") == Some(0.0)).then_some(())
+        },
+    )
     .await;
     assert_eq!(value(&scrape(&p).await, "portico_connections_total"), 3.0);
 }
@@ -471,13 +587,27 @@ async fn metrics_count_certificate_reloads_failed_and_ok_and_follow_the_new_expi
     })
     .await;
     let dir = p.dir.path().join("tls");
-    std::fs::write(dir.join("tls.crt"), "-----BEGIN CERTIFICATE-----\nnot base64\n").expect("write");
-    eventually(Duration::from_secs(3), "a failed reload is counted", || async {
-        let t = p.metrics_text();
-        (metric(&t, r#"portico_certificate_reloads_total{result="failed"}"#).unwrap_or(0.0) >= 1.0).then_some(())
-    })
+    std::fs::write(
+        dir.join("tls.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .expect("write");
+    eventually(
+        Duration::from_secs(3),
+        "a failed reload is counted",
+        || async {
+            let t = p.metrics_text();
+            (metric(&t, r#"portico_certificate_reloads_total{result="failed"}"#).unwrap_or(0.0)
+                >= 1.0)
+                .then_some(())
+        },
+    )
     .await;
-    assert_eq!(p.get("/").await.status, 200, "the last good pair stays in service");
+    assert_eq!(
+        p.get("/").await.status,
+        200,
+        "the last good pair stays in service"
+    );
 
     let pair = p.pki.leaf(&["localhost"], |params| {
         params.not_after = rcgen::date_time_ymd(2040, 1, 2);
@@ -491,7 +621,10 @@ async fn metrics_count_certificate_reloads_failed_and_ok_and_follow_the_new_expi
     eventually(Duration::from_secs(3), "the new pair is loaded", || async {
         let t = p.metrics_text();
         (metric(&t, r#"portico_certificate_reloads_total{result="ok"}"#).unwrap_or(0.0) >= 1.0
-            && metric(&t, r#"portico_certificate_not_after_seconds{name="localhost"}"#) == Some(want))
+            && metric(
+                &t,
+                r#"portico_certificate_not_after_seconds{name="localhost"}"#,
+            ) == Some(want))
         .then_some(())
     })
     .await;
@@ -500,7 +633,8 @@ async fn metrics_count_certificate_reloads_failed_and_ok_and_follow_the_new_expi
 // ---------------------------------------------------------------- 3. drain (in-process)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_delay_keeps_serving_then_closes_the_listener_and_h1_h2_requests_in_flight_complete() {
+async fn drain_delay_keeps_serving_then_closes_the_listener_and_h1_h2_requests_in_flight_complete()
+{
     let up = sleepy_upstream().await;
     let delay = Duration::from_millis(600);
     let mut p = start(&up.url(), |cfg, _, _| {
@@ -526,13 +660,21 @@ async fn drain_delay_keeps_serving_then_closes_the_listener_and_h1_h2_requests_i
     assert!(t0.elapsed() < delay, "served inside the delay");
 
     // After the delay the listener is closed.
-    eventually(Duration::from_secs(2), "new TCP connections are refused", || async {
-        TcpStream::connect(p.tls_addr).await.is_err().then_some(())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "new TCP connections are refused",
+        || async { TcpStream::connect(p.tls_addr).await.is_err().then_some(()) },
+    )
     .await;
     let refused_at = t0.elapsed();
-    assert!(refused_at >= delay, "closed after {refused_at:?}, before the delay");
-    assert!(refused_at < delay + Duration::from_millis(500), "closed only after {refused_at:?}");
+    assert!(
+        refused_at >= delay,
+        "closed after {refused_at:?}, before the delay"
+    );
+    assert!(
+        refused_at < delay + Duration::from_millis(500),
+        "closed only after {refused_at:?}"
+    );
 
     // The admin server stays up during the drain.
     assert_eq!(plain_get(admin(&p), "/healthz").await.status, 200);
@@ -540,18 +682,31 @@ async fn drain_delay_keeps_serving_then_closes_the_listener_and_h1_h2_requests_i
     let got1 = collect(r1.await.expect("join").expect("h1 response")).await;
     assert_eq!(got1.status, 200);
     assert_eq!(got1.text(), "slept 1200");
-    assert_eq!(got1.header("connection"), Some("close"), "HTTP/1.1 during the drain: Connection: close");
+    assert_eq!(
+        got1.header("connection"),
+        Some("close"),
+        "HTTP/1.1 during the drain: Connection: close"
+    );
     let got2 = collect(r2.await.expect("join").expect("h2 response")).await;
     assert_eq!(got2.status, 200);
     assert_eq!(got2.text(), "slept 1200");
     let last_done = t0.elapsed();
 
     // GOAWAY received: the HTTP/2 connection takes no new request.
-    let again = tokio::time::timeout(Duration::from_secs(2), c2.send_request(h2_get(&p, "/sleep/0")))
-        .await
-        .expect("fails, not hangs");
-    assert!(again.is_err(), "a new request on the drained HTTP/2 connection must fail: {again:?}");
-    assert!(c1.send_request(h1_get("/")).await.is_err(), "HTTP/1.1 connection closed");
+    let again = tokio::time::timeout(
+        Duration::from_secs(2),
+        c2.send_request(h2_get(&p, "/sleep/0")),
+    )
+    .await
+    .expect("fails, not hangs");
+    assert!(
+        again.is_err(),
+        "a new request on the drained HTTP/2 connection must fail: {again:?}"
+    );
+    assert!(
+        c1.send_request(h1_get("/")).await.is_err(),
+        "HTTP/1.1 connection closed"
+    );
 
     tokio::time::timeout(Duration::from_millis(1500), &mut p.run)
         .await
@@ -559,14 +714,19 @@ async fn drain_delay_keeps_serving_then_closes_the_listener_and_h1_h2_requests_i
         .expect("join");
     let ended = t0.elapsed();
     println!("refused at {refused_at:?}, last response {last_done:?}, run ended {ended:?}");
-    assert!(ended < delay + Duration::from_millis(1200 + 1500), "run ended at {ended:?}");
+    assert!(
+        ended < delay + Duration::from_millis(1200 + 1500),
+        "run ended at {ended:?}"
+    );
     assert!(ended >= last_done.saturating_sub(Duration::from_millis(50)));
     // Still up after the drain, until the process exits.
     assert_eq!(plain_get(admin(&p), "/healthz").await.status, 200);
 }
 
 /// The frames of a minimal HTTP/2 client: `(type, flags, stream, payload)`.
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
     let mut head = [0u8; 9];
     r.read_exact(&mut head).await?;
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
@@ -588,14 +748,18 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 async fn drain_sends_http2_goaway_and_closes_the_connection_after_the_stream_in_flight() {
     let up = sleepy_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
-    let tls = tls_connect(p.tls_addr, "localhost", client_config(p.roots(), &[b"h2"], None))
-        .await
-        .expect("tls");
+    let tls = tls_connect(
+        p.tls_addr,
+        "localhost",
+        client_config(p.roots(), &[b"h2"], None),
+    )
+    .await
+    .expect("tls");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut rd, mut wr) = tokio::io::split(tls);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-    // GET /sleep/800, HPACK: :method GET, :scheme https, :path and :authority literal.
+                                       // GET /sleep/800, HPACK: :method GET, :scheme https, :path and :authority literal.
     let mut block = vec![0x82, 0x87];
     for (idx, v) in [(0x04u8, "/sleep/800"), (0x01, "localhost")] {
         block.push(idx);
@@ -619,11 +783,19 @@ async fn drain_sends_http2_goaway_and_closes_the_connection_after_the_stream_in_
                     break;
                 }
                 Ok((kind, flags, stream, payload)) => match kind {
-                    0x4 if flags & 1 == 0 => wr.write_all(&frame(0x4, 1, 0, &[])).await.expect("ack"),
-                    0x6 if flags & 1 == 0 => wr.write_all(&frame(0x6, 1, 0, &payload)).await.expect("pong"),
+                    0x4 if flags & 1 == 0 => {
+                        wr.write_all(&frame(0x4, 1, 0, &[])).await.expect("ack")
+                    }
+                    0x6 if flags & 1 == 0 => wr
+                        .write_all(&frame(0x6, 1, 0, &payload))
+                        .await
+                        .expect("pong"),
                     0x7 => {
-                        let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
-                        let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                        let last =
+                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                                & 0x7fff_ffff;
+                        let code =
+                            u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
                         goaways.push((last, code));
                         events.push("goaway");
                     }
@@ -641,14 +813,30 @@ async fn drain_sends_http2_goaway_and_closes_the_connection_after_the_stream_in_
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(5), read).await.expect("the connection closes");
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the connection closes");
     let closed = t0.elapsed();
     println!("events {events:?}, goaways {goaways:?}, closed after {closed:?}");
-    let pos = |e: &str| events.iter().position(|x| *x == e).unwrap_or_else(|| panic!("no {e} in {events:?}"));
-    assert!(pos("goaway") < pos("status200"), "GOAWAY comes while the stream is in flight");
+    let pos = |e: &str| {
+        events
+            .iter()
+            .position(|x| *x == e)
+            .unwrap_or_else(|| panic!("no {e} in {events:?}"))
+    };
+    assert!(
+        pos("goaway") < pos("status200"),
+        "GOAWAY comes while the stream is in flight"
+    );
     assert!(pos("status200") < pos("end") && pos("end") < pos("eof"));
-    assert!(goaways.iter().all(|&(_, code)| code == 0), "GOAWAY NO_ERROR: {goaways:?}");
-    assert!(goaways.iter().any(|&(last, _)| last >= 1), "stream 1 is kept: {goaways:?}");
+    assert!(
+        goaways.iter().all(|&(_, code)| code == 0),
+        "GOAWAY NO_ERROR: {goaways:?}"
+    );
+    assert!(
+        goaways.iter().any(|&(last, _)| last >= 1),
+        "stream 1 is kept: {goaways:?}"
+    );
     tokio::time::timeout(Duration::from_secs(1), p.run)
         .await
         .expect("run ends once the connection is closed")
@@ -663,7 +851,11 @@ async fn post_shutdown_answers_202_and_starts_the_same_drain_as_sigterm() {
     })
     .await;
     let redirect = p.redirect_addr.expect("redirect on");
-    assert_eq!(plain_get(admin(&p), "/shutdown").await.status, 405, "GET does not drain");
+    assert_eq!(
+        plain_get(admin(&p), "/shutdown").await.status,
+        405,
+        "GET does not drain"
+    );
     assert_eq!(p.drain.phase(), Phase::Running);
     let mut c = p.h1().await;
     let slow = tokio::spawn(c.send_request(h1_get("/sleep/700")));
@@ -674,18 +866,25 @@ async fn post_shutdown_answers_202_and_starts_the_same_drain_as_sigterm() {
     assert_eq!(g.status, 202);
     let g = readyz(admin(&p)).await;
     assert_eq!((g.status.as_u16(), g.text().as_str()), (503, "draining\n"));
-    eventually(Duration::from_secs(1), "the TLS listener closes", || async {
-        TcpStream::connect(p.tls_addr).await.is_err().then_some(())
-    })
+    eventually(
+        Duration::from_secs(1),
+        "the TLS listener closes",
+        || async { TcpStream::connect(p.tls_addr).await.is_err().then_some(()) },
+    )
     .await;
-    eventually(Duration::from_secs(1), "the redirect listener closes", || async {
-        TcpStream::connect(redirect).await.is_err().then_some(())
-    })
+    eventually(
+        Duration::from_secs(1),
+        "the redirect listener closes",
+        || async { TcpStream::connect(redirect).await.is_err().then_some(()) },
+    )
     .await;
     let got = collect(slow.await.expect("join").expect("response")).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.header("connection"), Some("close"));
-    tokio::time::timeout(Duration::from_secs(1), &mut p.run).await.expect("drained").expect("join");
+    tokio::time::timeout(Duration::from_secs(1), &mut p.run)
+        .await
+        .expect("drained")
+        .expect("join");
     assert!(t0.elapsed() < Duration::from_millis(700 + 1500));
     assert_eq!(plain_get(admin(&p), "/healthz").await.status, 200);
 }
@@ -703,12 +902,25 @@ async fn drain_timeout_ends_run_at_the_deadline_with_a_request_still_in_flight()
     wait_seen(&up, 1).await;
     let t0 = Instant::now();
     p.drain.advance(Phase::Draining);
-    tokio::time::timeout(Duration::from_secs(3), p.run).await.expect("ends at the deadline").expect("join");
+    tokio::time::timeout(Duration::from_secs(3), p.run)
+        .await
+        .expect("ends at the deadline")
+        .expect("join");
     let ended = t0.elapsed();
     println!("run ended {ended:?} after the drain began");
-    assert!(ended >= timeout - Duration::from_millis(50), "ended before the deadline: {ended:?}");
-    assert!(ended <= timeout + Duration::from_secs(1), "ended long after the deadline: {ended:?}");
-    assert_eq!(p.drain.requests.load(Ordering::Acquire), 1, "one request cut");
+    assert!(
+        ended >= timeout - Duration::from_millis(50),
+        "ended before the deadline: {ended:?}"
+    );
+    assert!(
+        ended <= timeout + Duration::from_secs(1),
+        "ended long after the deadline: {ended:?}"
+    );
+    assert_eq!(
+        p.drain.requests.load(Ordering::Acquire),
+        1,
+        "one request cut"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,12 +936,17 @@ async fn drain_timeout_0_turns_the_limit_off_and_waits_for_the_request() {
     p.drain.advance(Phase::Draining);
     let mut run = p.run;
     assert!(
-        tokio::time::timeout(Duration::from_millis(1000), &mut run).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(1000), &mut run)
+            .await
+            .is_err(),
         "with --drain-timeout 0 the drain waits for requests in flight"
     );
     let got = collect(slow.await.expect("join").expect("response")).await;
     assert_eq!(got.status, 200);
-    tokio::time::timeout(Duration::from_secs(1), run).await.expect("drained").expect("join");
+    tokio::time::timeout(Duration::from_secs(1), run)
+        .await
+        .expect("drained")
+        .expect("join");
 }
 
 // ---------------------------------------------------------------- 4. signals, through the binary
@@ -753,7 +970,9 @@ impl Bin {
         init();
         let pki = Pki::new("pod binary CA");
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = pki.server(&["localhost", "127.0.0.1"]).write_to(&dir.path().join("tls"));
+        let (cert, key) = pki
+            .server(&["localhost", "127.0.0.1"])
+            .write_to(&dir.path().join("tls"));
         let (tls, admin) = (free_port(), free_port());
         let log = dir.path().join("portico.log");
         let out = std::fs::File::create(&log).expect("log");
@@ -763,16 +982,28 @@ impl Bin {
                 cmd.env_remove(k);
             }
         }
-        cmd.args(["--listen", &tls.to_string(), "--admin-listen", &admin.to_string()])
-            .args(["--upstream", upstream, "--access-log", "off", "--workers", "2"])
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .args(extra)
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .kill_on_drop(true);
+        cmd.args([
+            "--listen",
+            &tls.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .args([
+            "--upstream",
+            upstream,
+            "--access-log",
+            "off",
+            "--workers",
+            "2",
+        ])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(extra)
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn portico");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -781,17 +1012,30 @@ impl Bin {
                 break;
             }
             if let Ok(Some(st)) = child.try_wait() {
-                panic!("portico exited {st}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "portico exited {st}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             assert!(Instant::now() < deadline, "portico did not start");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        Bin { child, tls, admin, roots: pki.roots(), log, _dir: dir }
+        Bin {
+            child,
+            tls,
+            admin,
+            roots: pki.roots(),
+            log,
+            _dir: dir,
+        }
     }
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();
-        let st = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill");
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
         assert!(st.success());
     }
 
@@ -828,11 +1072,23 @@ async fn signal_drains_the_request_in_flight_and_exits_0(sig: &str, use_h2: bool
     wait_seen(&up, 1).await;
     let t0 = Instant::now();
     bin.signal(sig);
-    eventually(Duration::from_secs(1), "/readyz fails after the signal", || async {
-        try_plain_get(bin.admin, "/readyz").await.filter(|g| g.status == 503).map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(1),
+        "/readyz fails after the signal",
+        || async {
+            try_plain_get(bin.admin, "/readyz")
+                .await
+                .filter(|g| g.status == 503)
+                .map(|_| ())
+        },
+    )
     .await;
-    let got = collect(slow.await.expect("join").expect("the request in flight completes")).await;
+    let got = collect(
+        slow.await
+            .expect("join")
+            .expect("the request in flight completes"),
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.text(), "slept 1000");
     if !use_h2 {
@@ -842,7 +1098,10 @@ async fn signal_drains_the_request_in_flight_and_exits_0(sig: &str, use_h2: bool
     let took = t0.elapsed();
     println!("{sig}: exit {st} after {took:?}");
     assert_eq!(st.code(), Some(0), "{}", bin.logs());
-    assert!(took < Duration::from_millis(1000 + 1500), "exit took {took:?}");
+    assert!(
+        took < Duration::from_millis(1000 + 1500),
+        "exit took {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,18 +1122,33 @@ async fn a_second_sigterm_during_a_long_drain_exits_at_once() {
     let slow = tokio::spawn(async move { c.send_request(h1_get("/sleep/20000")).await });
     wait_seen(&up, 1).await;
     bin.signal("-TERM");
-    eventually(Duration::from_secs(1), "the first SIGTERM drains", || async {
-        try_plain_get(bin.admin, "/readyz").await.filter(|g| g.status == 503).map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(1),
+        "the first SIGTERM drains",
+        || async {
+            try_plain_get(bin.admin, "/readyz")
+                .await
+                .filter(|g| g.status == 503)
+                .map(|_| ())
+        },
+    )
     .await;
-    assert!(bin.child.try_wait().expect("try_wait").is_none(), "still draining after one signal");
+    assert!(
+        bin.child.try_wait().expect("try_wait").is_none(),
+        "still draining after one signal"
+    );
     let t0 = Instant::now();
     bin.signal("-TERM");
     let st = bin.exit(Duration::from_secs(1)).await;
     println!("second SIGTERM: exit {st} after {:?}", t0.elapsed());
     assert_eq!(st.code(), Some(0), "second signal exit status: {st}");
-    let cut = tokio::time::timeout(Duration::from_secs(2), slow).await.expect("the client sees the cut");
-    assert!(cut.expect("join").is_err(), "the request in flight is cut, not answered");
+    let cut = tokio::time::timeout(Duration::from_secs(2), slow)
+        .await
+        .expect("the client sees the cut");
+    assert!(
+        cut.expect("join").is_err(),
+        "the request in flight is cut, not answered"
+    );
     assert!(bin.logs().contains("second signal"), "{}", bin.logs());
 }
 
@@ -882,28 +1156,56 @@ async fn a_second_sigterm_during_a_long_drain_exits_at_once() {
 async fn drain_delay_1s_fails_readyz_at_once_while_the_listener_accepts_for_1s() {
     let up = sleepy_upstream().await;
     let mut bin = Bin::start(&up.url(), &["--drain-delay", "1s"]).await;
-    eventually(Duration::from_secs(2), "ready before the signal", || async {
-        try_plain_get(bin.admin, "/readyz").await.filter(|g| g.status == 200).map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "ready before the signal",
+        || async {
+            try_plain_get(bin.admin, "/readyz")
+                .await
+                .filter(|g| g.status == 200)
+                .map(|_| ())
+        },
+    )
     .await;
     let t0 = Instant::now();
     bin.signal("-TERM");
-    eventually(Duration::from_millis(300), "/readyz 503 right after SIGTERM", || async {
-        try_plain_get(bin.admin, "/readyz").await.filter(|g| g.status == 503 && g.text() == "draining\n").map(|_| ())
-    })
+    eventually(
+        Duration::from_millis(300),
+        "/readyz 503 right after SIGTERM",
+        || async {
+            try_plain_get(bin.admin, "/readyz")
+                .await
+                .filter(|g| g.status == 503 && g.text() == "draining\n")
+                .map(|_| ())
+        },
+    )
     .await;
     let got = get(bin.tls, bin.roots.clone(), "/sleep/0").await;
     assert_eq!(got.status, 200);
-    assert!(got.header("connection").is_none(), "before the delay ends nothing changes");
-    assert!(t0.elapsed() < Duration::from_secs(1), "served inside the delay");
-    eventually(Duration::from_secs(2), "the listener closes after the delay", || async {
-        TcpStream::connect(bin.tls).await.is_err().then_some(())
-    })
+    assert!(
+        got.header("connection").is_none(),
+        "before the delay ends nothing changes"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "served inside the delay"
+    );
+    eventually(
+        Duration::from_secs(2),
+        "the listener closes after the delay",
+        || async { TcpStream::connect(bin.tls).await.is_err().then_some(()) },
+    )
     .await;
     let closed = t0.elapsed();
-    assert!(closed >= Duration::from_millis(950), "closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(950),
+        "closed after {closed:?}"
+    );
     let st = bin.exit(Duration::from_secs(2)).await;
-    println!("listener closed after {closed:?}, exit {st} after {:?}", t0.elapsed());
+    println!(
+        "listener closed after {closed:?}, exit {st} after {:?}",
+        t0.elapsed()
+    );
     assert_eq!(st.code(), Some(0));
 }
 
@@ -920,11 +1222,19 @@ async fn drain_timeout_cuts_a_slow_request_and_exits_0_at_the_deadline_counting_
     let took = t0.elapsed();
     println!("exit {st} after {took:?}");
     assert_eq!(st.code(), Some(0));
-    assert!(took >= Duration::from_millis(950) && took <= Duration::from_secs(2), "exit after {took:?}");
-    let cut = tokio::time::timeout(Duration::from_secs(2), slow).await.expect("the client sees the cut");
+    assert!(
+        took >= Duration::from_millis(950) && took <= Duration::from_secs(2),
+        "exit after {took:?}"
+    );
+    let cut = tokio::time::timeout(Duration::from_secs(2), slow)
+        .await
+        .expect("the client sees the cut");
     assert!(cut.expect("join").is_err(), "the slow request is cut");
     let logs = bin.logs();
-    assert!(logs.contains("WARN") && logs.contains("requests_cut=1"), "{logs}");
+    assert!(
+        logs.contains("WARN") && logs.contains("requests_cut=1"),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -938,7 +1248,12 @@ async fn sigterm_after_post_shutdown_continues_the_drain_instead_of_cutting_it()
     let g = plain_request(bin.admin, http::Method::POST, "/shutdown").await;
     assert_eq!(g.status, 202);
     bin.signal("-TERM");
-    let got = collect(slow.await.expect("join").expect("the request in flight completes")).await;
+    let got = collect(
+        slow.await
+            .expect("join")
+            .expect("the request in flight completes"),
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert_eq!(bin.exit(Duration::from_secs(2)).await.code(), Some(0));
 }
@@ -960,16 +1275,29 @@ async fn redirect_listener_answers_308_to_https_with_the_tls_port_path_and_query
     )
     .await;
     assert_eq!(status, 308);
-    assert_eq!(header(&headers, "location"), Some(format!("https://example.com:{port}/a/b?x=1").as_str()));
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("https://example.com:{port}/a/b?x=1").as_str())
+    );
 
     let (status, headers, _) =
         raw_exchange(r, "POST /form HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 308, "every method");
-    assert_eq!(header(&headers, "location"), Some(format!("https://example.com:{port}/form").as_str()));
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("https://example.com:{port}/form").as_str())
+    );
 
-    let (status, headers, _) = raw_exchange(r, "GET /v6 HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n").await;
+    let (status, headers, _) = raw_exchange(
+        r,
+        "GET /v6 HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 308);
-    assert_eq!(header(&headers, "location"), Some(format!("https://[::1]:{port}/v6").as_str()));
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("https://[::1]:{port}/v6").as_str())
+    );
 
     let (status, headers, _) = raw_exchange(r, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 400, "no Host: {headers:?}");
@@ -984,12 +1312,18 @@ async fn redirect_location_omits_the_port_when_the_tls_listener_is_on_443() {
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = l.accept().await else { continue };
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let loc = portico::admin::redirect_location(&req, 443).unwrap_or_else(|| "none".into());
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(loc))))
-                });
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let loc = portico::admin::redirect_location(&req, 443)
+                            .unwrap_or_else(|| "none".into());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            loc,
+                        ))))
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
@@ -997,12 +1331,19 @@ async fn redirect_location_omits_the_port_when_the_tls_listener_is_on_443() {
         }
     });
     for (host, path, want) in [
-        ("example.com:8080", "/a/b?x=1", "https://example.com/a/b?x=1"),
+        (
+            "example.com:8080",
+            "/a/b?x=1",
+            "https://example.com/a/b?x=1",
+        ),
         ("example.com", "/", "https://example.com/"),
         ("[::1]:80", "/p", "https://[::1]/p"),
     ] {
-        let (status, _, body) =
-            raw_exchange(addr, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
+        let (status, _, body) = raw_exchange(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
         assert_eq!(status, 200);
         assert_eq!(body, want, "Host: {host}");
     }
@@ -1029,7 +1370,10 @@ fn dockerfile() -> Vec<(String, String)> {
             }
             None => {
                 cur.push_str(t);
-                let (ins, rest) = cur.trim().split_once(char::is_whitespace).unwrap_or((cur.trim(), ""));
+                let (ins, rest) = cur
+                    .trim()
+                    .split_once(char::is_whitespace)
+                    .unwrap_or((cur.trim(), ""));
                 out.push((ins.to_ascii_uppercase(), rest.trim().to_string()));
                 cur.clear();
             }
@@ -1041,19 +1385,39 @@ fn dockerfile() -> Vec<(String, String)> {
 #[test]
 fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
     let ins = dockerfile();
-    let froms: Vec<&str> = ins.iter().filter(|(i, _)| i == "FROM").map(|(_, a)| a.as_str()).collect();
-    assert!(froms.len() >= 2, "a build stage and a runtime stage: {froms:?}");
+    let froms: Vec<&str> = ins
+        .iter()
+        .filter(|(i, _)| i == "FROM")
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert!(
+        froms.len() >= 2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
     for f in &froms {
-        let image = f.split_whitespace().find(|w| !w.starts_with("--")).expect("image");
+        let image = f
+            .split_whitespace()
+            .find(|w| !w.starts_with("--"))
+            .expect("image");
         let last = image.rsplit('/').next().expect("name");
-        let (_, tag) = last.split_once(':').unwrap_or_else(|| panic!("FROM {image} has no tag"));
+        let (_, tag) = last
+            .split_once(':')
+            .unwrap_or_else(|| panic!("FROM {image} has no tag"));
         let tag = tag.split('@').next().unwrap_or_default();
-        assert!(!tag.is_empty() && tag != "latest", "FROM {image} is not pinned");
+        assert!(
+            !tag.is_empty() && tag != "latest",
+            "FROM {image} is not pinned"
+        );
     }
 
     let final_start = ins.iter().rposition(|(i, _)| i == "FROM").expect("FROM");
     let (build, fin) = ins.split_at(final_start);
-    let user = fin.iter().rev().find(|(i, _)| i == "USER").map(|(_, a)| a.as_str()).expect("final stage sets USER");
+    let user = fin
+        .iter()
+        .rev()
+        .find(|(i, _)| i == "USER")
+        .map(|(_, a)| a.as_str())
+        .expect("final stage sets USER");
     let uid = user.split(':').next().expect("uid");
     assert!(uid != "root" && uid != "0", "USER {user} is root");
     assert!(uid.parse::<u32>().map_or(true, |n| n > 0), "USER {user}");
@@ -1062,7 +1426,10 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
         .filter(|(i, _)| i == "EXPOSE")
         .flat_map(|(_, a)| a.split_whitespace())
         .collect();
-    assert!(exposed.contains(&"8443") && exposed.contains(&"9901"), "EXPOSE {exposed:?}");
+    assert!(
+        exposed.contains(&"8443") && exposed.contains(&"9901"),
+        "EXPOSE {exposed:?}"
+    );
 
     let copy = fin
         .iter()
@@ -1072,7 +1439,11 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
         .expect("the final stage copies /src/target/release/portico");
     assert!(copy[0].starts_with("--from="), "{copy:?}");
     let dest = *copy.last().expect("dest");
-    let entry = fin.iter().find(|(i, _)| i == "ENTRYPOINT").map(|(_, a)| a.as_str()).expect("ENTRYPOINT");
+    let entry = fin
+        .iter()
+        .find(|(i, _)| i == "ENTRYPOINT")
+        .map(|(_, a)| a.as_str())
+        .expect("ENTRYPOINT");
     let first = entry
         .trim_start_matches('[')
         .split(',')
@@ -1085,10 +1456,18 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
 
     let cargo = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).expect("Cargo.toml");
     let bin = cargo.split("[[bin]]").nth(1).expect("[[bin]] section");
-    assert!(bin.lines().any(|l| l.replace(' ', "") == "name=\"portico\""), "[[bin]] name is portico");
+    assert!(
+        bin.lines()
+            .any(|l| l.replace(' ', "") == "name=\"portico\""),
+        "[[bin]] name is portico"
+    );
 
     assert_eq!(
-        build.iter().rev().find(|(i, _)| i == "WORKDIR").map(|(_, a)| a.as_str()),
+        build
+            .iter()
+            .rev()
+            .find(|(i, _)| i == "WORKDIR")
+            .map(|(_, a)| a.as_str()),
         Some("/src"),
         "the build stage works in /src"
     );
@@ -1101,7 +1480,10 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
     for b in &builds {
         assert!(b.contains("cargo build --release --locked"), "{b}");
     }
-    assert!(Path::new(ROOT).join("Cargo.lock").is_file(), "--locked needs Cargo.lock");
+    assert!(
+        Path::new(ROOT).join("Cargo.lock").is_file(),
+        "--locked needs Cargo.lock"
+    );
     if let Ok(o) = std::process::Command::new("git")
         .args(["-C", ROOT, "ls-files", "--error-unmatch", "Cargo.lock"])
         .output()
@@ -1117,10 +1499,13 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
-    let dashboard = std::fs::read_to_string(Path::new(ROOT).join("deploy/dashboard.json")).expect("dashboard");
-    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard.json is JSON");
+    let dashboard =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/dashboard.json")).expect("dashboard");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("dashboard.json is JSON");
     assert!(parsed.is_object());
-    let rules = std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheusrule.yaml")).expect("rules");
+    let rules =
+        std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheusrule.yaml")).expect("rules");
 
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
@@ -1142,5 +1527,8 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     assert!(!used.is_empty() && !from_rules.is_empty());
     used.extend(from_rules);
     let missing: Vec<_> = used.difference(&exported).collect();
-    assert!(missing.is_empty(), "used in deploy/ but not exported: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "used in deploy/ but not exported: {missing:?}"
+    );
 }

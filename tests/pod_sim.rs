@@ -77,7 +77,9 @@ fn setup(tag: &str) -> Result<Netns, String> {
     let (va, vb) = (format!("vp{tag}"), format!("vc{tag}"));
     sh(&["ip", "netns", "add", &pod])?;
     sh(&["ip", "netns", "add", &client])?;
-    sh(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+    sh(&[
+        "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+    ])?;
     sh(&["ip", "link", "set", &va, "netns", &pod])?;
     sh(&["ip", "link", "set", &vb, "netns", &client])?;
     for (n, dev, addr) in [(&pod, &va, "192.0.2.1/24"), (&client, &vb, "192.0.2.2/24")] {
@@ -95,20 +97,30 @@ fn kubelet_secret(dir: &Path, cert: &str, key: &str) {
     std::fs::create_dir_all(&ts).expect("mkdir");
     std::fs::write(ts.join("tls.crt"), cert).expect("cert");
     std::fs::write(ts.join("tls.key"), key).expect("key");
-    std::os::unix::fs::symlink("..2026_11_26_21_51_12.123456789", dir.join("..data")).expect("..data");
+    std::os::unix::fs::symlink("..2026_11_26_21_51_12.123456789", dir.join("..data"))
+        .expect("..data");
     std::os::unix::fs::symlink("..data/tls.crt", dir.join("tls.crt")).expect("tls.crt");
     std::os::unix::fs::symlink("..data/tls.key", dir.join("tls.key")).expect("tls.key");
 }
 
 fn curl_in(ns: &str, ca: &Path, path: &str) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, "curl", "-sS", "--max-time", "10", "--cacert"])
-        .arg(ca)
-        .args([
-            "--resolve",
-            "app.example.com:8443:192.0.2.1",
-            &format!("https://app.example.com:8443{path}"),
-        ]);
+    c.args([
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+    ])
+    .arg(ca)
+    .args([
+        "--resolve",
+        "app.example.com:8443:192.0.2.1",
+        &format!("https://app.example.com:8443{path}"),
+    ]);
     c
 }
 
@@ -124,7 +136,11 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
     let tag = format!("{}", std::process::id() % 100_000);
     let mut ns = match setup(&tag) {
         Ok(ns) => ns,
-        Err(e) => return skip(&format!("cannot make network namespaces here ({e}); needs root and iproute2")),
+        Err(e) => {
+            return skip(&format!(
+                "cannot make network namespaces here ({e}); needs root and iproute2"
+            ))
+        }
     };
 
     let pki = Pki::new("pod sim CA");
@@ -146,7 +162,12 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
     // portico: the Pod's public port.
     let portico = Command::new("ip")
         .args(["netns", "exec", &ns.pod, env!("CARGO_BIN_EXE_portico")])
-        .args(["--listen", "0.0.0.0:8443", "--admin-listen", "127.0.0.1:9901"])
+        .args([
+            "--listen",
+            "0.0.0.0:8443",
+            "--admin-listen",
+            "127.0.0.1:9901",
+        ])
         .args(["--upstream", "http://127.0.0.1:8080", "--access-log", "off"])
         .arg("--tls-dir")
         .arg(&secret)
@@ -162,27 +183,57 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.pod, "curl", "-sS", "-f", "http://127.0.0.1:9901/readyz"])
+            .args([
+                "netns",
+                "exec",
+                &ns.pod,
+                "curl",
+                "-sS",
+                "-f",
+                "http://127.0.0.1:9901/readyz",
+            ])
             .output()
             .expect("curl");
         if out.status.success() {
             assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n");
             break;
         }
-        assert!(Instant::now() < deadline, "portico never became ready in the pod");
+        assert!(
+            Instant::now() < deadline,
+            "portico never became ready in the pod"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // The client, outside the Pod, gets the primary's answer through portico.
     let out = curl_in(&ns.client, &ca, "/").output().expect("curl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the primary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the primary"
+    );
 
     // The primary is not exposed: only portico's port is reachable from outside.
     let direct = Command::new("ip")
-        .args(["netns", "exec", &ns.client, "curl", "-sS", "--max-time", "2", "http://192.0.2.1:8080/"])
+        .args([
+            "netns",
+            "exec",
+            &ns.client,
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            "http://192.0.2.1:8080/",
+        ])
         .output()
         .expect("curl");
-    assert!(!direct.status.success(), "the primary must not be reachable from outside the Pod");
+    assert!(
+        !direct.status.success(),
+        "the primary must not be reachable from outside the Pod"
+    );
 
     // Rolling update: five slow requests in flight, then SIGTERM.
     let in_flight: Vec<Child> = (0..5)
@@ -199,13 +250,26 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
     sh(&["kill", "-TERM", &portico_pid.to_string()]).expect("SIGTERM");
     for c in in_flight {
         let out = c.wait_with_output().expect("curl");
-        assert!(out.status.success(), "request in flight lost at SIGTERM: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "request in flight lost at SIGTERM: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "slow ok");
     }
     let portico = ns.children.pop().expect("portico child");
     let out = portico.wait_with_output().expect("portico exits");
-    assert_eq!(out.status.code(), Some(0), "portico exit status; stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(t0.elapsed() < Duration::from_secs(5), "drain took {:?}", t0.elapsed());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "portico exit status; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "drain took {:?}",
+        t0.elapsed()
+    );
 
     // After the drain the port is closed: a new client is refused, not hung.
     let after = curl_in(&ns.client, &ca, "/").output().expect("curl");

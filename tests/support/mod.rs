@@ -21,8 +21,8 @@ use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -119,7 +119,9 @@ impl Pki {
     pub fn client(&self, cn: &str, dns: &[&str], uris: &[&str]) -> Pair {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.distinguished_name.push(DnType::OrganizationName, "Test Org");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Test Org");
         for d in dns {
             params
                 .subject_alt_names
@@ -147,13 +149,18 @@ impl Pki {
 }
 
 /// A TLS client configuration trusting `roots`, offering `alpn`.
-pub fn client_config(roots: RootCertStore, alpn: &[&[u8]], cert: Option<&Pair>) -> rustls::ClientConfig {
+pub fn client_config(
+    roots: RootCertStore,
+    alpn: &[&[u8]],
+    cert: Option<&Pair>,
+) -> rustls::ClientConfig {
     let b = rustls::ClientConfig::builder().with_root_certificates(roots);
     let mut c = match cert {
         Some(p) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(p.cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("chain");
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(p.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("chain");
             let key = PrivateKeyDer::from_pem_slice(p.key_pem.as_bytes()).expect("key");
             b.with_client_auth_cert(chain, key).expect("client auth")
         }
@@ -164,7 +171,11 @@ pub fn client_config(roots: RootCertStore, alpn: &[&[u8]], cert: Option<&Pair>) 
 }
 
 /// Opens a TLS connection to `addr` with SNI `sni`.
-pub async fn tls_connect(addr: SocketAddr, sni: &str, cfg: rustls::ClientConfig) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: rustls::ClientConfig,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let name = ServerName::try_from(sni.to_string()).expect("server name");
@@ -172,10 +183,17 @@ pub async fn tls_connect(addr: SocketAddr, sni: &str, cfg: rustls::ClientConfig)
 }
 
 /// An HTTP/1.1 client connection over TLS.
-pub async fn h1(addr: SocketAddr, roots: RootCertStore) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let tls = tls_connect(addr, "localhost", client_config(roots, &[b"http/1.1"], None))
-        .await
-        .expect("tls connect");
+pub async fn h1(
+    addr: SocketAddr,
+    roots: RootCertStore,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tls = tls_connect(
+        addr,
+        "localhost",
+        client_config(roots, &[b"http/1.1"], None),
+    )
+    .await
+    .expect("tls connect");
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .expect("h1 handshake");
@@ -184,14 +202,18 @@ pub async fn h1(addr: SocketAddr, roots: RootCertStore) -> hyper::client::conn::
 }
 
 /// An HTTP/2 client connection over TLS.
-pub async fn h2(addr: SocketAddr, roots: RootCertStore) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+pub async fn h2(
+    addr: SocketAddr,
+    roots: RootCertStore,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let tls = tls_connect(addr, "localhost", client_config(roots, &[b"h2"], None))
         .await
         .expect("tls connect");
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .expect("h2 handshake");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     send
 }
@@ -261,7 +283,12 @@ impl Upstream {
         format!("h2c://{}", self.addr)
     }
     pub fn last(&self) -> Seen {
-        self.seen.lock().expect("lock").last().cloned().expect("a request reached the upstream")
+        self.seen
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
     }
     pub fn count(&self) -> usize {
         self.seen.lock().expect("lock").len()
@@ -274,7 +301,11 @@ impl Drop for Upstream {
     }
 }
 
-type Handler = Arc<dyn Fn(Seen) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
+type Handler = Arc<
+    dyn Fn(Seen) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// An upstream whose answers come from `f`; it records every request (body read whole).
 pub async fn upstream_with<F, Fut>(h2c: bool, f: F) -> Upstream
@@ -289,7 +320,9 @@ where
     let seen2 = seen.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
@@ -298,7 +331,11 @@ where
                     let seen = seen.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         let s = Seen {
                             method: parts.method,
                             uri: parts.uri,
@@ -382,7 +419,11 @@ pub fn test_config(pki: &Pki, dir: &Path, upstream: &str) -> Config {
     cfg.listen = "127.0.0.1:0".parse().expect("addr");
     cfg.admin_listen = Some("127.0.0.1:0".parse().expect("addr"));
     cfg.upstream = UpstreamAddr::parse(upstream).expect("upstream");
-    cfg.certs = vec![CertSource { cert, key, option: "tls-dir" }];
+    cfg.certs = vec![CertSource {
+        cert,
+        key,
+        option: "tls-dir",
+    }];
     cfg.access_log = false;
     cfg.workers = 2;
     cfg
@@ -451,6 +492,9 @@ where
 /// `portico_requests_total{route="default",code="200"}`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
