@@ -27,6 +27,8 @@ pub struct ConnActivity {
     state: Mutex<ActivityState>,
     /// Idle with no byte of a next request yet: the I/O records the first byte.
     awaiting_first_byte: AtomicBool,
+    /// A response body waited `--body-timeout` for the client to take it.
+    client_stalled: AtomicBool,
     changed: Notify,
 }
 
@@ -43,6 +45,7 @@ struct ActivityState {
 enum Expired {
     HeaderRead,
     Idle,
+    ClientStalled,
 }
 
 impl ConnActivity {
@@ -55,6 +58,7 @@ impl ConnActivity {
                 served_any: false,
             }),
             awaiting_first_byte: AtomicBool::new(track_heads),
+            client_stalled: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -90,6 +94,13 @@ impl ConnActivity {
         self.changed.notify_one();
     }
 
+    /// A response body has waited `--body-timeout` for the client to take it
+    /// (see `RespBody`): the connection is closed.
+    pub fn client_stalled(&self) {
+        self.client_stalled.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
     fn first_byte(&self) {
         if self.awaiting_first_byte.swap(false, Ordering::Relaxed) {
             let mut s = self.lock();
@@ -122,6 +133,9 @@ impl ConnActivity {
     async fn expired(&self, header: Option<Duration>, idle: Option<Duration>) -> Expired {
         loop {
             let notified = self.changed.notified();
+            if self.client_stalled.load(Ordering::Acquire) {
+                return Expired::ClientStalled;
+            }
             match self.deadline(header, idle) {
                 None => notified.await,
                 Some((at, kind)) => {
@@ -243,6 +257,10 @@ where
     let idle_to = opt(cfg.idle_timeout);
     let mut phase = shared.drain.subscribe();
     let mut closing = false;
+    // When a timeout's GOAWAY began the close: a client that neither reads it
+    // nor answers the PING h2 sends after it would otherwise hold the
+    // connection, and its --max-connections slot, for ever.
+    let mut give_up: Option<Instant> = None;
     let expired = activity.expired(header_to, idle_to);
     tokio::pin!(expired);
     loop {
@@ -259,13 +277,25 @@ where
             }
             why = &mut expired, if !closing => {
                 tracing::debug!(peer = %info.peer, reason = ?why, "closing client connection");
+                let grace = match why {
+                    Expired::HeaderRead => header_to,
+                    Expired::Idle => idle_to,
+                    // The client stopped taking a body: --body-timeout cuts
+                    // both connections, whatever else is in flight.
+                    Expired::ClientStalled => return,
+                };
                 if h2 {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    give_up = grace.map(|g| Instant::now() + g);
                 } else {
                     // Nothing is in flight: a plain close loses nothing.
                     return;
                 }
+            }
+            _ = tokio::time::sleep_until(give_up.unwrap_or_else(Instant::now)), if give_up.is_some() => {
+                tracing::debug!(peer = %info.peer, "client did not finish the close in time");
+                return;
             }
         }
     }

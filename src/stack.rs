@@ -269,6 +269,7 @@ where
         let fut = self.inner.call(req);
         let shared = self.shared.clone();
         let conn = self.conn.clone();
+        let activity = self.activity.clone();
         Box::pin(async move {
             let Ok(mut resp) = fut.await;
             resp.headers_mut()
@@ -292,6 +293,7 @@ where
                     .inc();
             }
             let status = resp.status();
+            resp.body_mut().watch_client(activity);
             resp.body_mut().set_on_done(Box::new(Finish {
                 guard,
                 conn,
@@ -398,6 +400,16 @@ impl Service<Request<Incoming>> for Proxy {
 
 /// Why a request must not be forwarded as it is, before anything is sent.
 fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<ErrorKind> {
+    // Userinfo in the target or :authority is an error (RFC 9110 §4.2.4, RFC
+    // 9113 §8.3.1). Routing reads only the host, so forwarding `user@host` as
+    // `Host` would let the upstream read another host than the one routed on.
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Some(ErrorKind::BadRequest);
+    }
     // Ambiguous HTTP/1 framing never gets here: hyper's parser refuses two
     // different Content-Lengths (its plain 400) and, for Content-Length with
     // Transfer-Encoding, drops the length, reads the chunked body and closes

@@ -1,7 +1,9 @@
 //! The two bodies portico streams: the client's request body on its way up, and
 //! the response body on its way back. Each enforces `--body-timeout` with one
 //! timer that is re-armed only when it fires (a byte moved since? sleep on),
-//! so a busy stream costs a clock read per frame, not a timer update.
+//! so a busy stream costs a clock read per frame, not a timer update. The
+//! response body keeps a second such timer for the client's side of it
+//! (`ClientWatch`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
+
+use crate::server::ConnActivity;
 
 /// An error a body wrapper raises itself.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,93 @@ impl IdleTimer {
 }
 
 use std::future::Future;
+
+/// Notices a client that stops taking a response body. hyper polls a body only
+/// when it can send what it got, so a client that never reads (HTTP/1) or
+/// never opens its flow-control window (HTTP/2) leaves the body unpolled, its
+/// idle timer unchecked, and the upstream connection and the in-flight permit
+/// held for ever. The watch's timer wakes a waker of its own rather than the
+/// connection's task, so it fires while nobody polls the body; it re-arms
+/// itself, once per timeout, for as long as the body lives.
+struct ClientWatch {
+    timeout: Duration,
+    origin: Instant,
+    /// When the body handed hyper a frame that hyper has not come back for
+    /// (nanoseconds since `origin`), or `TAKEN` when it has.
+    waiting_since: AtomicU64,
+    timer: std::sync::Mutex<Option<Pin<Box<Sleep>>>>,
+    conn: Arc<ConnActivity>,
+}
+
+const TAKEN: u64 = u64::MAX;
+
+impl ClientWatch {
+    fn start(timeout: Duration, conn: Arc<ConnActivity>, waiting_since: Instant) -> Arc<Self> {
+        let w = Arc::new(Self {
+            timeout,
+            origin: waiting_since,
+            waiting_since: AtomicU64::new(0),
+            timer: std::sync::Mutex::new(Some(Box::pin(tokio::time::sleep_until(
+                waiting_since + timeout,
+            )))),
+            conn,
+        });
+        w.arm(waiting_since + timeout);
+        w
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Pin<Box<Sleep>>>> {
+        self.timer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-arms the timer, unless `stop` has taken it.
+    fn arm(self: &Arc<Self>, at: Instant) {
+        if let Some(sleep) = self.lock().as_mut() {
+            sleep.as_mut().reset(at);
+            let waker = std::task::Waker::from(self.clone());
+            // Unconstrained: out of coop budget, the poll would wake this
+            // waker at once, which would re-enter `arm` under the lock.
+            let mut poll =
+                tokio::task::unconstrained(std::future::poll_fn(|cx| sleep.as_mut().poll(cx)));
+            let _ = Pin::new(&mut poll).poll(&mut Context::from_waker(&waker));
+        }
+    }
+
+    fn waiting(&self, since: Option<Instant>) {
+        let v = since.map_or(TAKEN, |t| (t - self.origin).as_nanos() as u64);
+        self.waiting_since.store(v, Ordering::Release);
+    }
+
+    /// The body is gone: drop the timer, and with it the waker's reference.
+    fn stop(&self) {
+        self.lock().take();
+    }
+}
+
+impl std::task::Wake for ClientWatch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let now = Instant::now();
+        let since = self.waiting_since.load(Ordering::Acquire);
+        let next = if since == TAKEN {
+            now + self.timeout
+        } else {
+            let waited = now.saturating_duration_since(self.origin + Duration::from_nanos(since));
+            // Within a millisecond of the timeout counts as past it: the timer
+            // cannot be armed any finer.
+            if waited + Duration::from_millis(1) >= self.timeout {
+                tracing::debug!(timeout = ?self.timeout, "client took no response byte for --body-timeout");
+                self.conn.client_stalled();
+                return;
+            }
+            now + (self.timeout - waited)
+        };
+        self.arm(next);
+    }
+}
 
 /// What the request body tells the rest of the request: bytes seen, whether it
 /// ended (the request timeout starts then), and whether it broke the limit.
@@ -217,6 +308,9 @@ pub struct RespBody {
     complete: bool,
     on_done: Option<Box<dyn OnDone>>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The client connection, told when the client stops taking this body.
+    conn: Option<Arc<ConnActivity>>,
+    watch: Option<Arc<ClientWatch>>,
 }
 
 enum RespInner {
@@ -234,6 +328,8 @@ impl RespBody {
             complete: false,
             on_done: None,
             permit: None,
+            conn: None,
+            watch: None,
         }
     }
 
@@ -246,6 +342,16 @@ impl RespBody {
             complete: false,
             on_done: None,
             permit: None,
+            conn: None,
+            watch: None,
+        }
+    }
+
+    /// Closes `conn` when its client takes no byte of this upstream body for
+    /// `--body-timeout`.
+    pub fn watch_client(&mut self, conn: Arc<ConnActivity>) {
+        if matches!(self.inner, RespInner::Upstream(_)) && !self.timer.timeout.is_zero() {
+            self.conn = Some(conn);
         }
     }
 
@@ -268,6 +374,9 @@ impl From<Bytes> for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            w.stop();
+        }
         if let Some(f) = self.on_done.take() {
             // hyper never polls a body that is empty from the start.
             let complete = self.complete || self.is_end_stream();
@@ -285,6 +394,9 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(w) = &this.watch {
+            w.waiting(None);
+        }
         let polled = match &mut this.inner {
             RespInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespInner::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
@@ -302,6 +414,18 @@ impl Body for RespBody {
                 this.timer.progressed();
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
+                    // Until hyper polls again, the client has this frame to take.
+                    match (&this.watch, &this.conn) {
+                        (Some(w), _) => w.waiting(Some(this.timer.last)),
+                        (None, Some(c)) => {
+                            this.watch = Some(ClientWatch::start(
+                                this.timer.timeout,
+                                c.clone(),
+                                this.timer.last,
+                            ));
+                        }
+                        (None, None) => {}
+                    }
                 }
             }
             Poll::Ready(None) => this.complete = true,

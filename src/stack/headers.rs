@@ -87,10 +87,24 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValu
     }
     elem.push_str(";proto=https");
     if let Some(host) = host.and_then(|v| v.to_str().ok()) {
-        if host.contains(':') {
-            let _ = write!(elem, ";host=\"{host}\"");
-        } else {
+        // RFC 7239: a token, or else a quoted-string. Quoting (with `"` and `\`
+        // escaped) also keeps a client's Host of `x,for=1.2.3.4` or `x;for=…`
+        // from adding a forged element or parameter after portico's own.
+        let token = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
             let _ = write!(elem, ";host={host}");
+        } else {
+            elem.push_str(";host=\"");
+            for c in host.chars() {
+                if c == '"' || c == '\\' {
+                    elem.push('\\');
+                }
+                elem.push(c);
+            }
+            elem.push('"');
         }
     }
     let fwd = joined(h, &header::FORWARDED, &elem);
@@ -237,6 +251,30 @@ mod tests {
             h["forwarded"],
             "for=\"[::1]\";proto=https, for=\"[::1]\";proto=https;host=example.com"
         );
+    }
+
+    /// Found by `fuzz/` (headers): a Host that is not an RFC 7239 token went
+    /// out unquoted, so `x,for=6.6.6.6` forged an element after portico's own.
+    #[test]
+    fn forwarded_host_that_is_not_a_token_is_quoted() {
+        let cases = [
+            ("x,for=6.6.6.6", r#"host="x,for=6.6.6.6""#),
+            ("x;for=6.6.6.6", r#"host="x;for=6.6.6.6""#),
+            (r#"a"b\c"#, r#"host="a\"b\\c""#),
+            ("a b", r#"host="a b""#),
+            ("api.example.)om", r#"host="api.example.)om""#),
+        ];
+        for (sent, want) in cases {
+            let mut h = HeaderMap::new();
+            let host = HeaderValue::from_str(sent).expect("value");
+            add_forwarded(&mut h, "192.0.2.7".parse().expect("ip"), Some(&host), 443);
+            assert_eq!(
+                h["forwarded"],
+                format!("for=192.0.2.7;proto=https;{want}").as_str(),
+                "Host: {sent}"
+            );
+            assert_eq!(h["x-forwarded-host"], sent);
+        }
     }
 
     #[test]
