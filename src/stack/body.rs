@@ -413,10 +413,15 @@ impl Body for RespBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer.progressed();
                 if let Some(d) = frame.data_ref() {
+                    let first = this.sent == 0;
                     this.sent += d.len() as u64;
                     // Until hyper polls again, the client has this frame to take.
                     match (&this.watch, &this.conn) {
                         (Some(w), _) => w.waiting(Some(this.timer.last)),
+                        // The watch costs a timer; a body's first frame fits in
+                        // the socket buffer or the initial h2 window, so only a
+                        // body that goes on can stall on a client not reading.
+                        (None, Some(_)) if first => {}
                         (None, Some(c)) => {
                             this.watch = Some(ClientWatch::start(
                                 this.timer.timeout,
