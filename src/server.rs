@@ -5,8 +5,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,23 +21,26 @@ use crate::shutdown::{reached, Phase};
 use crate::stack::{self, Shared};
 use crate::tls::ConnInfo;
 
-/// A connection's request activity, shared by its I/O, its service and its clock.
+/// A connection's request activity, shared by its I/O, its service and its
+/// clock. Plain atomics, and no wake-up per request: the clock looks at them
+/// when its timer fires and re-arms itself, so a busy connection costs a timer
+/// per timeout period, not a notification per request.
 #[derive(Debug)]
 pub struct ConnActivity {
-    state: Mutex<ActivityState>,
+    origin: Instant,
+    in_flight: AtomicU32,
+    served_any: AtomicBool,
+    /// When the connection last became idle, in nanoseconds since `origin`.
+    idle_since: AtomicU64,
+    /// When the first byte of a next head arrived (nanoseconds since `origin`,
+    /// plus one; zero: none yet).
+    head_started: AtomicU64,
     /// Idle with no byte of a next request yet: the I/O records the first byte.
     awaiting_first_byte: AtomicBool,
     /// A response body waited `--body-timeout` for the client to take it.
     client_stalled: AtomicBool,
+    /// Woken only for `client_stalled`, which must act at once.
     changed: Notify,
-}
-
-#[derive(Debug)]
-struct ActivityState {
-    in_flight: u32,
-    idle_since: Instant,
-    head_started: Option<Instant>,
-    served_any: bool,
 }
 
 /// Which timer closed a connection.
@@ -51,47 +54,42 @@ enum Expired {
 impl ConnActivity {
     fn new(track_heads: bool) -> Self {
         Self {
-            state: Mutex::new(ActivityState {
-                in_flight: 0,
-                idle_since: Instant::now(),
-                head_started: None,
-                served_any: false,
-            }),
+            origin: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            served_any: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
             awaiting_first_byte: AtomicBool::new(track_heads),
             client_stalled: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
-        // The state is plain data; a panic elsewhere cannot leave it torn.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn since_origin(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.origin + Duration::from_nanos(nanos)
     }
 
     /// A request head has arrived complete.
     pub fn request_started(&self) {
         self.awaiting_first_byte.store(false, Ordering::Relaxed);
-        let mut s = self.lock();
-        s.in_flight += 1;
-        s.served_any = true;
-        s.head_started = None;
-        drop(s);
-        self.changed.notify_one();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served_any.store(true, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
     }
 
     /// A response has been sent (or abandoned).
     pub fn request_finished(&self, track_heads: bool) {
-        let mut s = self.lock();
-        s.in_flight = s.in_flight.saturating_sub(1);
-        if s.in_flight == 0 {
-            s.idle_since = Instant::now();
-            s.head_started = None;
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.store(self.since_origin(), Ordering::Relaxed);
+            self.head_started.store(0, Ordering::Relaxed);
             if track_heads {
                 self.awaiting_first_byte.store(true, Ordering::Relaxed);
             }
         }
-        drop(s);
-        self.changed.notify_one();
     }
 
     /// A response body has waited `--body-timeout` for the client to take it
@@ -102,30 +100,48 @@ impl ConnActivity {
     }
 
     fn first_byte(&self) {
-        if self.awaiting_first_byte.swap(false, Ordering::Relaxed) {
-            let mut s = self.lock();
-            if s.in_flight == 0 && s.head_started.is_none() {
-                s.head_started = Some(Instant::now());
-            }
-            drop(s);
-            self.changed.notify_one();
+        if self.awaiting_first_byte.swap(false, Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Acquire) == 0
+        {
+            let _ = self.head_started.compare_exchange(
+                0,
+                self.since_origin() + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
         }
     }
 
-    fn deadline(
+    /// The timeout that applies now, and when to look again in case the state
+    /// changed without telling (a request began or ended, a head started).
+    fn next(
         &self,
         header: Option<Duration>,
         idle: Option<Duration>,
-    ) -> Option<(Instant, Expired)> {
-        let s = self.lock();
-        if s.in_flight > 0 {
-            None
-        } else if let Some(t) = s.head_started {
-            header.map(|d| (t + d, Expired::HeaderRead))
-        } else if !s.served_any {
-            header.map(|d| (s.idle_since + d, Expired::HeaderRead))
+    ) -> (Option<(Instant, Expired)>, Option<Instant>) {
+        let now = Instant::now();
+        let period = match (header, idle) {
+            (Some(h), Some(i)) => Some(h.min(i)),
+            (h, i) => h.or(i),
+        };
+        let recheck = period.map(|d| now + d);
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return (None, recheck);
+        }
+        let head = self.head_started.load(Ordering::Acquire);
+        let idle_since = self.at(self.idle_since.load(Ordering::Acquire));
+        if head != 0 {
+            (header.map(|d| (self.at(head - 1) + d, Expired::HeaderRead)), recheck)
+        } else if !self.served_any.load(Ordering::Acquire) {
+            (header.map(|d| (idle_since + d, Expired::HeaderRead)), recheck)
         } else {
-            idle.map(|d| (s.idle_since + d, Expired::Idle))
+            // While idle, look every header-read period for a head that began.
+            let look = if self.awaiting_first_byte.load(Ordering::Relaxed) {
+                header.map(|d| now + d)
+            } else {
+                recheck
+            };
+            (idle.map(|d| (idle_since + d, Expired::Idle)), look)
         }
     }
 
@@ -136,18 +152,24 @@ impl ConnActivity {
             if self.client_stalled.load(Ordering::Acquire) {
                 return Expired::ClientStalled;
             }
-            match self.deadline(header, idle) {
-                None => notified.await,
-                Some((at, kind)) => {
+            let (due, look) = self.next(header, idle);
+            if let Some((at, kind)) = due {
+                if Instant::now() >= at {
+                    return kind;
+                }
+            }
+            let wake = match (due.map(|d| d.0), look) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wake {
+                Some(at) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {
-                            if self.deadline(header, idle) == Some((at, kind)) {
-                                return kind;
-                            }
-                        }
+                        _ = tokio::time::sleep_until(at) => {}
                         _ = notified => {}
                     }
                 }
+                None => notified.await,
             }
         }
     }
@@ -246,7 +268,9 @@ where
             .http1()
             .timer(TokioTimer::new())
             .max_buf_size(backstop)
-            .max_headers(512)
+            // One buffer per write: over TLS each separate slice would become a
+            // record of its own (another AEAD pass and 22 bytes on the wire).
+            .writev(false)
             .header_read_timeout(None)
             .keep_alive(true);
     }

@@ -36,7 +36,7 @@ use crate::error::{Answered, ErrorKind};
 use crate::routing::{host_without_port, RouteTable};
 use crate::server::ConnActivity;
 use crate::shutdown::Drain;
-use crate::telemetry::{Code, Metrics, RouteCode, RouteKind};
+use crate::telemetry::{CodeCounters, Metrics, RouteKind};
 use crate::tls::ConnInfo;
 use crate::upstream::{classify_error, Upstream};
 use body::{OnDone, ReqBody, ReqProgress, RespBody};
@@ -54,6 +54,8 @@ pub struct Shared {
     pub route_names: Vec<Arc<str>>,
     /// Latency histograms by route id.
     pub route_hist: Vec<Histogram>,
+    /// Request counters by route id.
+    pub route_codes: Vec<CodeCounters>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Drain state and counts.
@@ -70,6 +72,7 @@ impl Shared {
         let mut upstreams = Vec::new();
         let mut route_names = Vec::new();
         let mut route_hist = Vec::new();
+        let mut route_codes = Vec::new();
         for r in routes.all() {
             let up = match by_addr.iter().find(|u| u.addr == r.upstream) {
                 Some(u) => u.clone(),
@@ -82,6 +85,7 @@ impl Shared {
             upstreams.push(up);
             route_names.push(r.name.clone());
             route_hist.push(metrics.register_route(&r.name));
+            route_codes.push(CodeCounters::new(r.name.clone()));
         }
         let in_flight = Arc::new(Semaphore::new(cfg.max_requests_in_flight));
         Self {
@@ -90,6 +94,7 @@ impl Shared {
             upstreams,
             route_names,
             route_hist,
+            route_codes,
             metrics,
             drain,
             in_flight,
@@ -277,12 +282,7 @@ where
             let kind = resp.extensions().get::<Answered>().map(|a| a.0);
             let m = &shared.metrics;
             let name = &shared.route_names[route];
-            m.requests
-                .get_or_create(&RouteCode {
-                    route: name.clone(),
-                    code: Code(resp.status().as_u16()),
-                })
-                .inc();
+            shared.route_codes[route].inc(&m.requests, resp.status().as_u16());
             shared.route_hist[route].observe(start.elapsed().as_secs_f64());
             if let Some(k) = kind.filter(|k| k.is_upstream()) {
                 m.upstream_errors
