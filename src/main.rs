@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: per-thread free lists suit a proxy's many short-lived buffers;
+/// measured in benches/README.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use portico::app;
 use portico::config::{ArgsError, Config, Mode};
 use portico::shutdown::Phase;

@@ -66,7 +66,9 @@ impl ConnActivity {
     }
 
     fn since_origin(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.origin).as_nanos() as u64
+        Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_nanos() as u64
     }
 
     fn at(&self, nanos: u64) -> Instant {
@@ -84,7 +86,8 @@ impl ConnActivity {
     /// A response has been sent (or abandoned).
     pub fn request_finished(&self, track_heads: bool) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle_since.store(self.since_origin(), Ordering::Relaxed);
+            self.idle_since
+                .store(self.since_origin(), Ordering::Relaxed);
             self.head_started.store(0, Ordering::Relaxed);
             if track_heads {
                 self.awaiting_first_byte.store(true, Ordering::Relaxed);
@@ -131,9 +134,15 @@ impl ConnActivity {
         let head = self.head_started.load(Ordering::Acquire);
         let idle_since = self.at(self.idle_since.load(Ordering::Acquire));
         if head != 0 {
-            (header.map(|d| (self.at(head - 1) + d, Expired::HeaderRead)), recheck)
+            (
+                header.map(|d| (self.at(head - 1) + d, Expired::HeaderRead)),
+                recheck,
+            )
         } else if !self.served_any.load(Ordering::Acquire) {
-            (header.map(|d| (idle_since + d, Expired::HeaderRead)), recheck)
+            (
+                header.map(|d| (idle_since + d, Expired::HeaderRead)),
+                recheck,
+            )
         } else {
             // While idle, look every header-read period for a head that began.
             let look = if self.awaiting_first_byte.load(Ordering::Relaxed) {

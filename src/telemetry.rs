@@ -111,7 +111,10 @@ impl CodeCounters {
                 })
                 .clone()
         };
-        match code.checked_sub(100).and_then(|i| self.by_code.get(usize::from(i))) {
+        match code
+            .checked_sub(100)
+            .and_then(|i| self.by_code.get(usize::from(i)))
+        {
             Some(slot) => slot.get_or_init(series).inc(),
             None => series().inc(),
         };

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# portico vs nginx vs HAProxy (Debian packages), same scenarios, same client,
+# same upstream, same certificates, each proxy pinned to CPU 0 with one worker;
+# the load client (benches/load.rs) and the upstream pinned to CPU 1.
+# Runs every scenario pair by pair (portico, nginx, haproxy; portico, nginx, ...)
+# for ROUNDS rounds, takes medians, and writes benches/README.md's results
+# section and benches/results.svg.
+#
+#   bash benches/compare.sh                 # everything, ~10 minutes
+#   ROUNDS=1 BENCH_SECS=2 SCENARIOS="S1 S2" bash benches/compare.sh
+#   PROXIES="portico nginx" bash benches/compare.sh
+#
+# Needs root for apt-get (only when nginx/haproxy are missing). Loopback only.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-3}
+export BENCH_SECS=${BENCH_SECS:-4}
+export BENCH_WARMUP_SECS=${BENCH_WARMUP_SECS:-1}
+SCENARIOS=${SCENARIOS:-"S1 S1R S2 S3E S3R S3T S4D S4U S5"}
+PROXIES=${PROXIES:-"portico nginx haproxy"}
+PROXY_CPU=${PROXY_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+export BENCH_PROXY_CPU=$PROXY_CPU BENCH_CLIENT_CPU=$CLIENT_CPU
+NGINX=/usr/sbin/nginx
+HAPROXY=/usr/sbin/haproxy
+started=$(date +%s)
+
+log() { printf '[compare %3ds] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
+
+# ---------------------------------------------------------------- install
+missing=()
+[[ -x $NGINX ]] || missing+=(nginx)
+[[ -x $HAPROXY ]] || missing+=(haproxy)
+for tool in taskset prlimit; do command -v $tool >/dev/null || missing+=(util-linux); done
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    # No init system here: keep the packages' postinst from starting daemons.
+    policy_rc=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        policy_rc=/usr/sbin/policy-rc.d
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [[ -n $policy_rc ]] && rm -f "$policy_rc"
+fi
+[[ -x $NGINX ]] || NGINX=$(command -v nginx)
+log "nginx: $($NGINX -v 2>&1 | head -1); haproxy: $($HAPROXY -v 2>&1 | head -1)"
+
+# ---------------------------------------------------------------- build
+log "building portico and the load client (release)"
+LOAD_BIN=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import sys, json
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "load" and m.get("executable"):
+        print(m["executable"])')
+PORTICO_BIN=$ROOT/target/release/portico
+[[ -x $LOAD_BIN && -x $PORTICO_BIN ]] || { echo "build failed" >&2; exit 1; }
+
+# ---------------------------------------------------------------- set up
+TMP=$(mktemp -d /tmp/portico-compare.XXXXXX)
+declare -A PORT PID MASTER
+UPSTREAM_PID=""
+cleanup() {
+    for p in "${MASTER[@]}" $UPSTREAM_PID; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+BENCH_WRITE_CERTS=$TMP/certs "$LOAD_BIN" >/dev/null
+export BENCH_CA=$TMP/certs/ca.pem
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP_PORT=$(free_port)
+BENCH_UPSTREAM_ONLY=$UP_PORT BENCH_CLIENT_CPU=$CLIENT_CPU taskset -c "$CLIENT_CPU" "$LOAD_BIN" 2>"$TMP/upstream.log" &
+UPSTREAM_PID=$!
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on $1" >&2
+    return 1
+}
+
+# The header work every proxy does, to match what portico always does:
+# X-Forwarded-For/-Proto/-Host/-Port, Forwarded, X-Request-Id.
+start_portico() {
+    PORT[portico]=$(free_port)
+    taskset -c "$PROXY_CPU" "$PORTICO_BIN" --listen "127.0.0.1:${PORT[portico]}" \
+        --upstream "http://127.0.0.1:$UP_PORT" \
+        --tls-dir "$TMP/certs/ec" --tls-dir "$TMP/certs/rsa" \
+        --workers 1 --access-log off --admin-listen off --log-level warn --ready-check none \
+        2>"$TMP/portico.log" &
+    PID[portico]=$!
+    MASTER[portico]=$!
+}
+
+start_nginx() {
+    PORT[nginx]=$(free_port)
+    mkdir -p "$TMP/nginx/logs"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_max_body_size 0;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    # Stream bodies as portico does (nginx's defaults buffer them, to disk if large).
+    proxy_request_buffering off;
+    proxy_max_temp_file_size 0;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host \$http_host;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto https;
+    proxy_set_header X-Forwarded-Host \$http_host;
+    proxy_set_header X-Forwarded-Port \$server_port;
+    proxy_set_header Forwarded "for=\$remote_addr;proto=https;host=\"\$http_host\"";
+    proxy_set_header X-Request-Id \$request_id;
+    add_header X-Request-Id \$request_id;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets on;
+    ssl_session_cache shared:SSL:10m;
+    upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:${PORT[nginx]} ssl http2;
+        server_name ec.bench.test localhost;
+        ssl_certificate $TMP/certs/ec/tls.crt;
+        ssl_certificate_key $TMP/certs/ec/tls.key;
+        location / { proxy_pass http://app; }
+    }
+    server {
+        listen 127.0.0.1:${PORT[nginx]} ssl http2;
+        server_name rsa.bench.test;
+        ssl_certificate $TMP/certs/rsa/tls.crt;
+        ssl_certificate_key $TMP/certs/rsa/tls.key;
+        location / { proxy_pass http://app; }
+    }
+}
+EOF
+    taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" 2>"$TMP/nginx.log" &
+    local master=$!
+    MASTER[nginx]=$master
+    wait_port "${PORT[nginx]}"
+    # The worker does the work: measure it, not the master.
+    PID[nginx]=""
+    for _ in $(seq 50); do
+        PID[nginx]=$(pgrep -P "$master" | head -1 || true)
+        [[ -n ${PID[nginx]} ]] && break
+        sleep 0.1
+    done
+}
+
+start_haproxy() {
+    PORT[haproxy]=$(free_port)
+    cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 9000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:${PORT[haproxy]} ssl crt $TMP/certs/ec.pem crt $TMP/certs/rsa.pem alpn h2,http/1.1
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request add-header Forwarded "for=%[src];proto=https;host=\"%[req.hdr(host)]\""
+    unique-id-format %{+X}o%ci%cp%fi%fp%Ts%rt%pid
+    http-request set-header X-Request-Id %[unique-id]
+    http-response set-header X-Request-Id %[unique-id]
+    default_backend be
+backend be
+    server app 127.0.0.1:$UP_PORT
+EOF
+    taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$TMP/haproxy.cfg" 2>"$TMP/haproxy.log" &
+    PID[haproxy]=$!
+    MASTER[haproxy]=$!
+}
+
+start() {
+    "start_$1"
+    wait_port "${PORT[$1]}"
+    log "$1 on 127.0.0.1:${PORT[$1]}, pid ${PID[$1]}, CPU $PROXY_CPU"
+}
+# A fresh process, for S5: memory freed after earlier scenarios stays in the
+# allocator and would be reused by the idle connections.
+restart() {
+    kill "${MASTER[$1]}" 2>/dev/null || true
+    wait "${MASTER[$1]}" 2>/dev/null || true
+    start "$1"
+}
+for p in $PROXIES; do start "$p"; done
+
+# ---------------------------------------------------------------- run
+RESULTS=$TMP/results.jsonl
+: >"$RESULTS"
+for s in $SCENARIOS; do
+    for r in $(seq "$ROUNDS"); do
+        for p in $PROXIES; do
+            [[ $s == S5 ]] && restart "$p"
+            BENCH_TARGET_ADDR=127.0.0.1:${PORT[$p]} BENCH_TARGET_PID=${PID[$p]} \
+                BENCH_LABEL=$p BENCH_SCENARIOS=$s BENCH_JSON=$RESULTS \
+                taskset -c "$CLIENT_CPU" "$LOAD_BIN" >"$TMP/run-$s-$r-$p.out" 2>"$TMP/run-$s-$r-$p.err" ||
+                { log "run $s/$r/$p failed:"; tail -5 "$TMP/run-$s-$r-$p.err" >&2; }
+            log "$s round $r $p: $(grep -E '^\s+S' "$TMP/run-$s-$r-$p.err" | sed 's/^ *//' || true)"
+        done
+    done
+done
+for p in $PROXIES; do
+    kill -0 "${PID[$p]}" 2>/dev/null || log "WARNING: $p died during the run"
+done
+
+cp "$RESULTS" "$ROOT/benches/results.jsonl"
+python3 "$ROOT/benches/report.py" "$RESULTS" \
+    --readme "$ROOT/benches/README.md" --svg "$ROOT/benches/results.svg" \
+    --meta "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')); $($NGINX -v 2>&1 | head -1 | sed 's/.*: //'); $($HAPROXY -v 2>&1 | head -1 | cut -d' ' -f1-3); ${ROUNDS} rounds x ${BENCH_SECS}s (+${BENCH_WARMUP_SECS}s warm-up); $(date -u +%F)"
+log "done in $(( $(date +%s) - started ))s; results in benches/README.md and benches/results.svg"
