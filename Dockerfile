@@ -2,8 +2,7 @@
 #
 #   docker build -t ghcr.io/example/portico:0.1.0 .
 #
-# Needs BuildKit (the default builder since Docker 23.0; `docker buildx build`
-# elsewhere). Only Cargo.toml, Cargo.lock, src/ and benches/ are used.
+# Only Cargo.toml, Cargo.lock, src/ and benches/ are used.
 
 FROM rust:1.95-slim-bookworm AS builder
 
@@ -19,10 +18,9 @@ WORKDIR /src
 # 1. Dependencies only: this layer is reused until Cargo.toml or Cargo.lock
 #    changes. Cargo wants the file of every declared target to exist when it
 #    reads the manifest, so the library and the binary get stubs and benches/
-#    comes in as it is (the `benche[s]` glob lets the COPY match nothing when the
-#    folder does not exist; `cargo build` does not compile benches).
+#    comes in as it is (`cargo build` does not compile benches).
 COPY Cargo.toml Cargo.lock ./
-COPY benche[s] ./benches/
+COPY benches ./benches
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && echo '//! stub' > src/lib.rs \
