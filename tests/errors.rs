@@ -154,27 +154,6 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A response read off a raw stream.
-#[derive(Debug)]
-struct RawResp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// Reads one HTTP/1.1 response (body by Content-Length); `None` if the stream
 /// ended or failed before a complete head.
 async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<RawResp> {
