@@ -353,37 +353,81 @@ pub fn identity(der: &[u8]) -> Option<ClientIdentity> {
 }
 
 /// Envoy's `X-Forwarded-Client-Cert`: `Hash=..;Subject="..";URI=..;DNS=..`.
+///
+/// Always a valid field value for a parsed certificate: control characters
+/// are percent-encoded (a name holding one must not cost the primary the whole
+/// header), and a URI or DNS value that holds a separator (`,` `;` `=`), a
+/// quote, a backslash or a space is quoted as Envoy quotes it, so a crafted
+/// SAN cannot forge a second element or key.
 pub fn xfcc(der: &[u8]) -> Option<HeaderValue> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let hash = Sha256::digest(der);
     let mut out = String::with_capacity(256);
     out.push_str("Hash=");
     for b in hash {
-        out.push_str(&format!("{b:02x}"));
+        push_hex(&mut out, b);
     }
-    out.push_str(";Subject=\"");
-    for c in rfc4514(cert.subject()).chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
+    out.push_str(";Subject=");
+    push_quoted(&mut out, &rfc4514(cert.subject()));
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
             if let GeneralName::URI(u) = n {
                 out.push_str(";URI=");
-                out.push_str(u);
+                push_xfcc_value(&mut out, u);
             }
         }
         for n in &san.value.general_names {
             if let GeneralName::DNSName(d) = n {
                 out.push_str(";DNS=");
-                out.push_str(d);
+                push_xfcc_value(&mut out, d);
             }
         }
     }
     HeaderValue::from_str(&out).ok()
+}
+
+fn push_hex(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 15)]));
+}
+
+/// `c` percent-encoded when it may not stand in a field value.
+fn push_char(out: &mut String, c: char) {
+    if c.is_control() && c != '\t' {
+        let mut buf = [0u8; 4];
+        for &b in c.encode_utf8(&mut buf).as_bytes() {
+            out.push('%');
+            push_hex(out, b);
+        }
+    } else {
+        out.push(c);
+    }
+}
+
+fn push_quoted(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        push_char(out, c);
+    }
+    out.push('"');
+}
+
+/// An XFCC value: bare when it is plain, quoted when it holds a separator.
+pub fn push_xfcc_value(out: &mut String, v: &str) {
+    if v.is_empty()
+        || v.chars()
+            .any(|c| matches!(c, ',' | ';' | '=' | '"' | '\\' | ' ' | '\t'))
+    {
+        push_quoted(out, v);
+    } else {
+        for c in v.chars() {
+            push_char(out, c);
+        }
+    }
 }
 
 /// A distinguished name as RFC 4514 text: last RDN first, `,` between RDNs.
@@ -443,7 +487,28 @@ fn escape_rfc4514(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_rfc4514;
+    use super::{escape_rfc4514, push_xfcc_value};
+
+    fn value(v: &str) -> String {
+        let mut out = String::new();
+        push_xfcc_value(&mut out, v);
+        out
+    }
+
+    #[test]
+    fn xfcc_values_are_quoted_when_they_hold_separators() {
+        assert_eq!(value("spiffe://ns/sa"), "spiffe://ns/sa");
+        assert_eq!(value("a;DNS=evil"), "\"a;DNS=evil\"");
+        assert_eq!(value("a,Hash=00"), "\"a,Hash=00\"");
+        assert_eq!(value("q\"\\"), "\"q\\\"\\\\\"");
+        assert_eq!(value(""), "\"\"");
+    }
+
+    #[test]
+    fn xfcc_control_characters_are_percent_encoded() {
+        assert_eq!(value("a\nb\r\u{7f}"), "a%0ab%0d%7f");
+        assert_eq!(value("ä"), "ä");
+    }
 
     #[test]
     fn escapes() {

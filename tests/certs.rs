@@ -917,6 +917,28 @@ async fn mtls_required_refuses_no_cert_and_forwards_xfcc_in_envoy_format_for_a_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfcc_quotes_a_san_holding_separators_so_it_cannot_forge_a_key_or_element() {
+    let up = hello_upstream().await;
+    let p = start_mtls(&up, ClientAuth::Required, &[]).await;
+    // A CA-signed certificate whose URI SAN tries to add a DNS key and a
+    // second element: it must arrive as one quoted value.
+    let crafted = p.pki.client(
+        "client",
+        &["c.shop.svc"],
+        &["spiffe://cluster.local/ns/a;DNS=admin.svc,Hash=00;By=x"],
+    );
+    let got = try_get(p.tls_addr, p.roots(), Some(&crafted), None)
+        .await
+        .expect("accepted");
+    assert_eq!(got.status, 200);
+    let expect = format!(
+        "Hash={};Subject=\"O=Test Org,CN=client\";URI=\"spiffe://cluster.local/ns/a;DNS=admin.svc,Hash=00;By=x\";DNS=c.shop.svc",
+        sha256_hex(crafted.leaf_der().as_ref())
+    );
+    assert_eq!(xfcc_values(&up.last()), [expect]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_optional_serves_no_cert_without_xfcc_and_drops_a_client_sent_one() {
     let up = hello_upstream().await;
     let p = start_mtls(&up, ClientAuth::Optional, &[]).await;

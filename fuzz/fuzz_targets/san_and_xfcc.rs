@@ -2,9 +2,11 @@
 //!
 //! The whole input is tried both ways: as pattern text (one a line) and as a
 //! DER certificate. Never a panic; a pattern prints as text that parses back to
-//! itself; `identity` and `xfcc` agree on whether the DER is a certificate; an
-//! `X-Forwarded-Client-Cert` value holds no control character and is exactly
-//! the DER's SHA-256, its RFC 4514 subject quoted, then its URI and DNS names.
+//! itself; `identity` and `xfcc` agree on whether the DER is a certificate;
+//! every certificate gets an `X-Forwarded-Client-Cert` value that is a valid
+//! field value and, read back by an independent parser, is one element with
+//! exactly the DER's SHA-256, its RFC 4514 subject, then its URI and DNS names
+//! (control characters percent-encoded): no SAN can forge a key or element.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -28,55 +30,93 @@ fuzz_target!(|data: &[u8]| {
     let x = xfcc(data);
     let parsed = X509Certificate::from_der(data).ok();
     assert_eq!(id.is_some(), parsed.is_some());
-    if let Some((_, cert)) = &parsed {
-        let subject = rfc4514(cert.subject());
-        let _ = rfc4514(cert.issuer());
-        if let Some(v) = &x {
-            // A valid field value: no control characters (UTF-8 from the
-            // certificate passes through as obs-text, as Envoy passes it).
-            assert!(
-                v.as_bytes()
-                    .iter()
-                    .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
-                "{v:?}"
-            );
-            let s = std::str::from_utf8(v.as_bytes()).expect("UTF-8");
-            let rest = s.strip_prefix("Hash=").expect("Hash= first");
-            assert!(rest.is_char_boundary(64), "{s:?}");
-            let (hash, rest) = rest.split_at(64);
-            assert!(hash
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-            let mut quoted = String::from(";Subject=\"");
-            for c in subject.chars() {
-                if c == '"' || c == '\\' {
-                    quoted.push('\\');
-                }
-                quoted.push(c);
-            }
-            quoted.push('"');
-            assert!(rest.starts_with(&quoted), "{s:?}");
-            let id = id.as_ref().expect("identity");
-            let mut tail = String::new();
-            for u in &id.uri {
-                tail.push_str(";URI=");
-                tail.push_str(u);
-            }
-            for d in &id.dns {
-                tail.push_str(";DNS=");
-                tail.push_str(d);
-            }
-            assert_eq!(&rest[quoted.len()..], tail, "{s:?}");
-        } else {
-            // Only a name with a control character keeps the header away.
-            let id = id.as_ref().expect("identity");
-            let ctl = |t: &str| t.chars().any(|c| c != '\t' && (c < ' ' || c == '\x7f'));
-            assert!(
-                ctl(&subject) || id.uri.iter().any(|u| ctl(u)) || id.dns.iter().any(|d| ctl(d)),
-                "no X-Forwarded-Client-Cert for {subject:?} {id:?}"
-            );
-        }
-    } else {
+    let Some((_, cert)) = &parsed else {
         assert!(x.is_none(), "xfcc of something that is not a certificate");
-    }
+        return;
+    };
+    let subject = rfc4514(cert.subject());
+    let _ = rfc4514(cert.issuer());
+    // Every parsed certificate gets the header, and it is a valid field value.
+    let v = x.expect("X-Forwarded-Client-Cert for a parsed certificate");
+    assert!(
+        v.as_bytes().iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
+        "{v:?}"
+    );
+    let s = std::str::from_utf8(v.as_bytes()).expect("UTF-8");
+    // Read back as a consumer would: one element, `;`-separated pairs, values
+    // bare or quoted. The pairs must be exactly the certificate's names.
+    let pairs = parse_element(s).unwrap_or_else(|| panic!("unparsable {s:?}"));
+    let id = id.as_ref().expect("identity");
+    let mut want = vec![
+        ("Hash".to_string(), String::new()),
+        ("Subject".to_string(), encode_controls(&subject)),
+    ];
+    want.extend(id.uri.iter().map(|u| ("URI".to_string(), encode_controls(u))));
+    want.extend(id.dns.iter().map(|d| ("DNS".to_string(), encode_controls(d))));
+    assert_eq!(pairs.len(), want.len(), "{s:?}");
+    let hash = &pairs[0].1;
+    assert_eq!(pairs[0].0, "Hash");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{s:?}"
+    );
+    assert_eq!(&pairs[1..], &want[1..], "{s:?}");
 });
+
+/// Control characters as `%xx`, the one change portico makes to a name.
+fn encode_controls(v: &str) -> String {
+    let mut out = String::new();
+    for c in v.chars() {
+        if c.is_control() && c != '\t' {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One XFCC element as (key, value) pairs; None if it is not well formed or
+/// holds a second element.
+fn parse_element(s: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let mut key = String::new();
+        loop {
+            match chars.next()? {
+                '=' => break,
+                c if c.is_ascii_alphabetic() => key.push(c),
+                _ => return None,
+            }
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => value.push(chars.next()?),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if matches!(c, ';' | ',' | '"' | '=' | '\\' | ' ') {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        pairs.push((key, value));
+        match chars.next() {
+            None => return Some(pairs),
+            Some(';') => {}
+            Some(_) => return None,
+        }
+    }
+}
