@@ -9,6 +9,9 @@
 #   bash benches/compare.sh                 # everything, ~10 minutes
 #   ROUNDS=1 BENCH_SECS=2 SCENARIOS="S1 S2" bash benches/compare.sh
 #   PROXIES="portico nginx" bash benches/compare.sh
+#   PORTICO_B=/tmp/portico-old PROXIES="portico portico_b" REPORT=0 bash benches/compare.sh
+#                                           # A/B two builds; REPORT=0 leaves
+#                                           # benches/README.md alone and prints medians
 #
 # Needs root for apt-get (only when nginx/haproxy are missing). Loopback only.
 set -euo pipefail
@@ -98,6 +101,18 @@ start_portico() {
         2>"$TMP/portico.log" &
     PID[portico]=$!
     MASTER[portico]=$!
+}
+
+# Another portico build (PORTICO_B), for A/B runs of an optimisation.
+start_portico_b() {
+    PORT[portico_b]=$(free_port)
+    taskset -c "$PROXY_CPU" "$PORTICO_B" --listen "127.0.0.1:${PORT[portico_b]}" \
+        --upstream "http://127.0.0.1:$UP_PORT" \
+        --tls-dir "$TMP/certs/ec" --tls-dir "$TMP/certs/rsa" \
+        --workers 1 --access-log off --admin-listen off --log-level warn --ready-check none \
+        2>"$TMP/portico_b.log" &
+    PID[portico_b]=$!
+    MASTER[portico_b]=$!
 }
 
 start_nginx() {
@@ -231,6 +246,23 @@ for p in $PROXIES; do
     kill -0 "${PID[$p]}" 2>/dev/null || log "WARNING: $p died during the run"
 done
 
+if [[ ${REPORT:-1} == 0 ]]; then
+    python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+from collections import defaultdict
+rows = defaultdict(list)
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    rows[(r["scenario"], r["unit"], r["label"])].append(r)
+for (s, unit, label), rs in sorted(rows.items()):
+    cpu = statistics.median(r["cpu"] for r in rs)
+    p99 = statistics.median(r["p99_us"] for r in rs)
+    each = ", ".join("%.1f" % r["cpu"] for r in rs)
+    print(f"{s:4} {label:10} {cpu:9.2f} {unit:12} p99 {p99:8.0f} us  ({each})")
+PY
+    log "done in $(( $(date +%s) - started ))s (REPORT=0: benches/README.md untouched; raw rows in $RESULTS)"
+    exit 0
+fi
 cp "$RESULTS" "$ROOT/benches/results.jsonl"
 python3 "$ROOT/benches/report.py" "$RESULTS" \
     --readme "$ROOT/benches/README.md" --svg "$ROOT/benches/results.svg" \

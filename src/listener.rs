@@ -52,18 +52,25 @@ pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Share
             let m = &shared.metrics;
             m.connections_total.inc();
             m.connections_open.inc();
-            match tls
-                .accept(tcp, peer, local_port, shared.cfg.handshake_timeout)
-                .await
-            {
-                Ok((stream, info)) => {
-                    m.handshake(true);
-                    server::serve(stream, Arc::new(info), shared.clone()).await;
-                }
-                Err(e) => {
-                    m.handshake(false);
-                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                }
+            // Boxed, and nothing of it held across the serving: the task of
+            // an idle connection then holds a few pointers, not the
+            // handshake's state (S5 in benches/).
+            let serving =
+                match Box::pin(tls.accept(tcp, peer, local_port, shared.cfg.handshake_timeout))
+                    .await
+                {
+                    Ok((stream, info)) => {
+                        m.handshake(true);
+                        Some(server::serve(stream, Arc::new(info), shared.clone()))
+                    }
+                    Err(e) => {
+                        m.handshake(false);
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        None
+                    }
+                };
+            if let Some(serving) = serving {
+                serving.await;
             }
             shared.metrics.connections_open.dec();
         });

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 /// mimalloc: per-thread free lists suit a proxy's many short-lived buffers;
-/// measured in benches/README.md.
+/// measured in benches/README.md. `--no-default-features` builds with the
+/// system allocator instead, for heap profilers that hook malloc (heaptrack).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,8 +1,9 @@
-//! The HTTP stage for one client connection: hyper-util's auto builder with the
-//! protocol fixed by ALPN, and the connection's own clock for SPEC's
+//! The HTTP stage for one client connection: hyper's HTTP/1.1 or HTTP/2 server,
+//! as ALPN chose, and the connection's own clock for SPEC's
 //! header-read and idle timeouts, which hyper does not separate: its
 //! header-read timer also runs while a keep-alive connection is idle.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -10,12 +11,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use crate::shutdown::{reached, Phase};
 use crate::stack::{self, Shared};
@@ -237,65 +240,145 @@ fn opt(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// The client stream as hyper sees it. Boxed: the TLS state is the largest
+/// part of a connection and is then allocated once, at its exact size, rather
+/// than inside every future that passes it on.
+type ClientIo = TokioIo<ActivityIo<Box<TlsStream<TcpStream>>>>;
+
 /// Serves HTTP on one TLS connection until it closes, times out or drains.
-pub async fn serve<T>(io: T, info: Arc<ConnInfo>, shared: Arc<Shared>)
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let h2 = info.h2;
-    let activity = Arc::new(ConnActivity::new(!h2));
-    let svc =
-        TowerToHyperService::new(stack::build(shared.clone(), info.clone(), activity.clone()));
+///
+/// ALPN has already fixed the protocol, so the connection is hyper's HTTP/1.1
+/// or HTTP/2 server directly, not hyper-util's auto connection, which sizes
+/// every connection for both. hyper's connection (and its 8 KiB read buffer)
+/// is created when the client's first bytes arrive, so a connection that only
+/// completed its handshake costs its TLS state and little else (S5 in
+/// benches/). The returned future is boxed at its own size for the same reason.
+pub fn serve(
+    stream: TlsStream<TcpStream>,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let activity = Arc::new(ConnActivity::new(!info.h2));
     let io = TokioIo::new(ActivityIo {
-        inner: io,
+        inner: Box::new(stream),
         activity: activity.clone(),
     });
+    if info.h2 {
+        Box::pin(drive(io, http2_conn, info, shared, activity))
+    } else {
+        Box::pin(drive(io, http1_conn, info, shared, activity))
+    }
+}
 
-    let cfg = &shared.cfg;
-    // Heads past --max-header-bytes are answered 431 by the stack, with
-    // Portico-Error; the protocol's own limit is only the backstop above it
-    // (h2 would otherwise answer a bare 431 itself).
-    let backstop = cfg
-        .max_header_bytes
+/// Heads past --max-header-bytes are answered 431 by the stack, with
+/// Portico-Error; the protocol's own limit is only the backstop above it
+/// (h2 would otherwise answer a bare 431 itself).
+fn head_backstop(cfg: &crate::config::Config) -> usize {
+    cfg.max_header_bytes
         .saturating_mul(2)
         .saturating_add(16 * 1024)
-        .max(8192);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if h2 {
-        builder = builder.http2_only();
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(backstop).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            .max_pending_accept_reset_streams(Some(64))
-            .max_local_error_reset_streams(Some(256))
-            .adaptive_window(true);
-    } else {
-        builder = builder.http1_only();
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .max_buf_size(backstop)
-            // One buffer per write: over TLS each separate slice would become a
-            // record of its own (another AEAD pass and 22 bytes on the wire).
-            .writev(false)
-            .header_read_timeout(None)
-            .keep_alive(true);
-    }
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
+        .max(8192)
+}
 
+type Svc = TowerToHyperService<stack::Stack>;
+type H1Conn = http1::UpgradeableConnection<ClientIo, Svc>;
+type H2Conn = http2::Connection<ClientIo, Svc, TokioExecutor>;
+
+fn http1_conn(io: ClientIo, svc: Svc, shared: &Shared) -> Pin<Box<H1Conn>> {
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .max_buf_size(head_backstop(&shared.cfg))
+        // One buffer per write: over TLS each separate slice would become a
+        // record of its own (another AEAD pass and 22 bytes on the wire).
+        .writev(false)
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    Box::pin(conn)
+}
+
+fn http2_conn(io: ClientIo, svc: Svc, shared: &Shared) -> Pin<Box<H2Conn>> {
+    let backstop = head_backstop(&shared.cfg);
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(backstop).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256))
+        .adaptive_window(true)
+        .serve_connection(io, svc);
+    Box::pin(conn)
+}
+
+/// hyper's graceful close, for either protocol.
+trait GracefulShutdown: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl GracefulShutdown for H1Conn {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl GracefulShutdown for H2Conn {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Whether the client has sent anything since the handshake: rustls may
+/// already hold the first request (sent in the flight with the client's
+/// Finished), or the socket has bytes (or an end) to read.
+async fn first_bytes(io: &mut ClientIo) {
+    let (tcp, tls) = io.inner_mut().inner.get_mut();
+    let buffered = match tls.process_new_packets() {
+        Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+        // hyper reads the error and ends the connection.
+        Err(_) => true,
+    };
+    if !buffered {
+        let _ = tcp.readable().await;
+    }
+}
+
+/// Runs a connection against the connection's clock and the drain: first
+/// waiting for the client's first bytes, then in hyper.
+async fn drive<C>(
+    mut io: ClientIo,
+    make: fn(ClientIo, Svc, &Shared) -> Pin<Box<C>>,
+    info: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    activity: Arc<ConnActivity>,
+) where
+    C: GracefulShutdown + ?Sized,
+{
+    let h2 = info.h2;
+    let cfg = &shared.cfg;
     let header_to = opt(cfg.header_read_timeout);
     let idle_to = opt(cfg.idle_timeout);
     let mut phase = shared.drain.subscribe();
+    let expired = activity.expired(header_to, idle_to);
+    tokio::pin!(expired);
+    // Nothing is in flight before the first bytes: a drain or a timeout
+    // closes the connection without a word (--header-read-timeout applies).
+    tokio::select! {
+        _ = first_bytes(&mut io) => {}
+        _ = reached(&mut phase, Phase::Closing) => return,
+        why = &mut expired => {
+            tracing::debug!(peer = %info.peer, reason = ?why, "closing client connection");
+            return;
+        }
+    }
+    let svc =
+        TowerToHyperService::new(stack::build(shared.clone(), info.clone(), activity.clone()));
+    let mut conn = make(io, svc, &shared);
     let mut closing = false;
     // When a timeout's GOAWAY began the close: a client that neither reads it
     // nor answers the PING h2 sends after it would otherwise hold the
     // connection, and its --max-connections slot, for ever.
     let mut give_up: Option<Instant> = None;
-    let expired = activity.expired(header_to, idle_to);
-    tokio::pin!(expired);
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -305,7 +388,7 @@ where
                 return;
             }
             _ = reached(&mut phase, Phase::Closing), if !closing => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().graceful();
                 closing = true;
             }
             why = &mut expired, if !closing => {
@@ -318,7 +401,7 @@ where
                     Expired::ClientStalled => return,
                 };
                 if h2 {
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().graceful();
                     closing = true;
                     give_up = grace.map(|g| Instant::now() + g);
                 } else {

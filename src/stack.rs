@@ -106,15 +106,11 @@ impl Shared {
 #[derive(Clone, Copy, Debug)]
 pub struct RouteId(pub usize);
 
+/// The stack one connection's requests pass through, outermost first.
+pub type Stack = Observe<InFlightLimit<Proxy>>;
+
 /// The stack for one connection.
-pub fn build(
-    shared: Arc<Shared>,
-    conn: Arc<ConnInfo>,
-    activity: Arc<ConnActivity>,
-) -> impl Service<Request<Incoming>, Response = Response<RespBody>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static {
+pub fn build(shared: Arc<Shared>, conn: Arc<ConnInfo>, activity: Arc<ConnActivity>) -> Stack {
     ServiceBuilder::new()
         .layer(ObserveLayer {
             shared: shared.clone(),
