@@ -9,7 +9,7 @@
 #   bash benches/compare.sh                 # everything, ~10 minutes
 #   ROUNDS=1 BENCH_SECS=2 SCENARIOS="S1 S2" bash benches/compare.sh
 #   PROXIES="portico nginx" bash benches/compare.sh
-#   PORTICO_B=/tmp/portico-old PROXIES="portico portico_b" REPORT=0 bash benches/compare.sh
+#   PORTICO_BIN=/tmp/new PORTICO_B=/tmp/old PROXIES="portico portico_b" REPORT=0 bash benches/compare.sh
 #                                           # A/B two builds; REPORT=0 leaves
 #                                           # benches/README.md alone and prints medians
 #
@@ -61,7 +61,7 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "load" and m.get("executable"):
         print(m["executable"])')
-PORTICO_BIN=$ROOT/target/release/portico
+PORTICO_BIN=${PORTICO_BIN:-$ROOT/target/release/portico}
 [[ -x $LOAD_BIN && -x $PORTICO_BIN ]] || { echo "build failed" >&2; exit 1; }
 
 # ---------------------------------------------------------------- set up

@@ -5,6 +5,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// WebSocket messages echoed so far.
+static ECHOES: AtomicU64 = AtomicU64::new(0);
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -24,6 +29,9 @@ const ws = new WebSocket("wss://" + location.host + "/ws");
 ws.onopen = () => ws.send("ping");
 ws.onmessage = (e) => { document.getElementById("ws").textContent = "echo: " + e.data; };
 ws.onerror = () => { document.getElementById("ws").textContent = "error"; };
+// Answered once an echo went out: a pending fetch keeps a headless browser's
+// --dump-dom waiting for the WebSocket, which by itself it does not.
+fetch("/echoed");
 </script>
 </body></html>
 "#;
@@ -49,6 +57,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
                 if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                     break;
                 }
+                ECHOES.fetch_add(1, Ordering::Release);
             }
         });
         let mut resp = Response::new(Full::new(Bytes::new()));
@@ -65,6 +74,18 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         if let Ok(v) = header::HeaderValue::from_str(&key) {
             h.insert("sec-websocket-accept", v);
         }
+        return Ok(resp);
+    }
+    if req.uri().path() == "/echoed" {
+        // Waits (up to 5 s) for a WebSocket echo: see the page's script.
+        for _ in 0..250 {
+            if ECHOES.load(Ordering::Acquire) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
         return Ok(resp);
     }
     if req.uri().path() == "/" {

@@ -218,15 +218,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
+    /// hyper queues a response's head and body chunks as separate slices (no
+    /// copy of a large body). Small writes are joined here into one slice
+    /// first: one plain write is cheaper through rustls than a vectored one.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let inner = &mut self.get_mut().inner;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if bufs.len() > 1 && total <= COALESCE_MAX {
+            return SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                for b in bufs {
+                    scratch.extend_from_slice(b);
+                }
+                Pin::new(inner).poll_write(cx, scratch)
+            });
+        }
+        Pin::new(inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -234,6 +248,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// Writes up to one TLS record's worth are joined before rustls sees them.
+const COALESCE_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// One buffer per thread for joining small writes, not one per connection.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(COALESCE_MAX));
 }
 
 fn opt(d: Duration) -> Option<Duration> {
@@ -288,9 +311,9 @@ fn http1_conn(io: ClientIo, svc: Svc, shared: &Shared) -> Pin<Box<H1Conn>> {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .max_buf_size(head_backstop(&shared.cfg))
-        // One buffer per write: over TLS each separate slice would become a
-        // record of its own (another AEAD pass and 22 bytes on the wire).
-        .writev(false)
+        // Queued writes: a large body goes to rustls without hyper copying
+        // it into its own buffer first (ActivityIo joins the small ones).
+        .writev(true)
         .header_read_timeout(None)
         .keep_alive(true)
         .serve_connection(io, svc)
