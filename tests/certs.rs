@@ -1123,6 +1123,82 @@ async fn client_ca_rotation_refuses_resumption_of_old_sessions_and_accepts_the_n
     assert!(xfcc_values(&up.last())[0].starts_with(&hash2));
 }
 
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: Arc<rustls::client::ClientSessionMemoryCache>,
+    tickets: AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls13_handshake_sends_one_session_ticket_and_it_resumes() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let store = Arc::new(CountingStore {
+        inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(16)),
+        tickets: AtomicUsize::new(0),
+    });
+    let mut cfg = client_config(p.roots(), &[b"http/1.1"], None);
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+    for (path, kind) in [
+        ("/full", rustls::HandshakeKind::Full),
+        ("/resumed", rustls::HandshakeKind::Resumed),
+    ] {
+        let tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
+        assert_eq!(tls.get_ref().1.handshake_kind(), Some(kind), "{path}");
+        // Tickets come after the handshake: the response has been read past them.
+        assert_eq!(
+            get_over(tls, path, None).await.expect("request").status,
+            200
+        );
+    }
+    assert_eq!(
+        store.tickets.load(Ordering::SeqCst),
+        2,
+        "one ticket per handshake, the resumed one included"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_cert_rotation_keeps_session_resumption() {
     let up = hello_upstream().await;
