@@ -92,28 +92,20 @@ wait_port() {
 
 # The header work every proxy does, to match what portico always does:
 # X-Forwarded-For/-Proto/-Host/-Port, Forwarded, X-Request-Id.
-start_portico() {
-    PORT[portico]=$(free_port)
-    taskset -c "$PROXY_CPU" "$PORTICO_BIN" --listen "127.0.0.1:${PORT[portico]}" \
+# run_portico NAME BINARY: one portico build under the name NAME.
+run_portico() {
+    PORT[$1]=$(free_port)
+    taskset -c "$PROXY_CPU" "$2" --listen "127.0.0.1:${PORT[$1]}" \
         --upstream "http://127.0.0.1:$UP_PORT" \
         --tls-dir "$TMP/certs/ec" --tls-dir "$TMP/certs/rsa" \
         --workers 1 --access-log off --admin-listen off --log-level warn --ready-check none \
-        2>"$TMP/portico.log" &
-    PID[portico]=$!
-    MASTER[portico]=$!
+        2>"$TMP/$1.log" &
+    PID[$1]=$!
+    MASTER[$1]=$!
 }
-
+start_portico() { run_portico portico "$PORTICO_BIN"; }
 # Another portico build (PORTICO_B), for A/B runs of an optimisation.
-start_portico_b() {
-    PORT[portico_b]=$(free_port)
-    taskset -c "$PROXY_CPU" "$PORTICO_B" --listen "127.0.0.1:${PORT[portico_b]}" \
-        --upstream "http://127.0.0.1:$UP_PORT" \
-        --tls-dir "$TMP/certs/ec" --tls-dir "$TMP/certs/rsa" \
-        --workers 1 --access-log off --admin-listen off --log-level warn --ready-check none \
-        2>"$TMP/portico_b.log" &
-    PID[portico_b]=$!
-    MASTER[portico_b]=$!
-}
+start_portico_b() { run_portico portico_b "$PORTICO_B"; }
 
 start_nginx() {
     PORT[nginx]=$(free_port)

@@ -2,7 +2,6 @@
 //! forwarding headers, the request id, and the client-certificate header.
 //! Plain functions over a `HeaderMap`, so each rule is tested alone.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -58,11 +57,14 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, te_trailers: bool) {
 
 /// Sets `X-Forwarded-*` and appends to `X-Forwarded-For` and `Forwarded`.
 pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>, port: u16) {
-    let mut ip = String::with_capacity(48);
-    let _ = write!(ip, "{client}");
+    // This runs for every request: the address is formatted on the stack, and
+    // each joined value is built once and handed to its HeaderValue uncopied.
+    let mut buf = [0u8; 48];
+    let ip = ip_text(client, &mut buf);
 
-    let xff = joined(h, &XFF, &ip);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let mut xff = existing(h, &XFF, ip.len());
+    xff.push_str(ip);
+    if let Ok(v) = owned_value(xff) {
         h.insert(&XFF, v);
     }
     h.insert(&XF_PROTO, HeaderValue::from_static("https"));
@@ -76,17 +78,25 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValu
     }
     h.insert(&XF_PORT, HeaderValue::from(port));
 
-    let mut elem = String::with_capacity(64);
+    let host = host.and_then(|v| v.to_str().ok());
+    let mut fwd = existing(
+        h,
+        &header::FORWARDED,
+        ip.len() + host.map_or(0, str::len) + 32,
+    );
     match client {
         IpAddr::V4(_) => {
-            let _ = write!(elem, "for={ip}");
+            fwd.push_str("for=");
+            fwd.push_str(ip);
         }
         IpAddr::V6(_) => {
-            let _ = write!(elem, "for=\"[{ip}]\"");
+            fwd.push_str("for=\"[");
+            fwd.push_str(ip);
+            fwd.push_str("]\"");
         }
     }
-    elem.push_str(";proto=https");
-    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+    fwd.push_str(";proto=https");
+    if let Some(host) = host {
         // RFC 7239: a token, or else a quoted-string. Quoting (with `"` and `\`
         // escaped) also keeps a client's Host of `x,for=1.2.3.4` or `x;for=…`
         // from adding a forged element or parameter after portico's own.
@@ -95,36 +105,50 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValu
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if token {
-            let _ = write!(elem, ";host={host}");
+            fwd.push_str(";host=");
+            fwd.push_str(host);
         } else {
-            elem.push_str(";host=\"");
+            fwd.push_str(";host=\"");
             for c in host.chars() {
                 if c == '"' || c == '\\' {
-                    elem.push('\\');
+                    fwd.push('\\');
                 }
-                elem.push(c);
+                fwd.push(c);
             }
-            elem.push('"');
+            fwd.push('"');
         }
     }
-    let fwd = joined(h, &header::FORWARDED, &elem);
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Ok(v) = owned_value(fwd) {
         h.insert(header::FORWARDED, v);
     }
 }
 
-/// Every value already there, joined by `, `, with `last` appended.
-fn joined(h: &HeaderMap, name: &HeaderName, last: &str) -> String {
+/// An address as text in `buf` (the longest IPv6 text is 45 bytes).
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
+    let n = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..n]).unwrap_or_default()
+}
+
+/// Every value already there, each followed by `, `, with room for `more`.
+fn existing(h: &HeaderMap, name: &HeaderName, more: usize) -> String {
     let mut out = String::new();
     for v in h.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
         let v = v.trim();
         if !v.is_empty() {
+            out.reserve(v.len() + 2 + more);
             out.push_str(v);
             out.push_str(", ");
         }
     }
-    out.push_str(last);
+    out.reserve(more);
     out
+}
+
+/// A header value that takes the string's buffer instead of copying it.
+fn owned_value(s: String) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
 }
 
 /// Whether a client's `X-Request-Id` may be kept: 1 to 128 visible ASCII characters.
