@@ -18,6 +18,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source benches/lib.sh
 ROUNDS=${ROUNDS:-3}
 export BENCH_SECS=${BENCH_SECS:-4}
 export BENCH_WARMUP_SECS=${BENCH_WARMUP_SECS:-1}
@@ -55,12 +56,7 @@ log "nginx: $($NGINX -v 2>&1 | head -1); haproxy: $($HAPROXY -v 2>&1 | head -1)"
 
 # ---------------------------------------------------------------- build
 log "building portico and the load client (release)"
-LOAD_BIN=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import sys, json
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "load" and m.get("executable"):
-        print(m["executable"])')
+LOAD_BIN=$(load_bin)
 PORTICO_BIN=${PORTICO_BIN:-$ROOT/target/release/portico}
 [[ -x $LOAD_BIN && -x $PORTICO_BIN ]] || { echo "build failed" >&2; exit 1; }
 

@@ -7,17 +7,13 @@
 #   TOP=30 BENCH_SECS=8 bash benches/profile.sh S2
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 SCENARIO=${1:-S1}
 TOP=${TOP:-20}
 export BENCH_SECS=${BENCH_SECS:-6} BENCH_WARMUP_SECS=${BENCH_WARMUP_SECS:-1}
 command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
 
-LOAD_BIN=$(cargo bench --bench load --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import sys, json
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "load" and m.get("executable"):
-        print(m["executable"])')
+LOAD_BIN=$(load_bin)
 TMP=$(mktemp -d /tmp/portico-profile.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT

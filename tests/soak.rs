@@ -31,7 +31,6 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -175,48 +174,6 @@ async fn ws_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
-}
-
-/// Writes files into a Secret volume as the kubelet does: a new timestamped
-/// directory, the `..data` symlink swapped to it atomically, the visible names
-/// symlinks through `..data`, the old directory removed.
-fn kubelet_update(dir: &Path, n: u64, files: &[(&str, &[u8])]) {
-    std::fs::create_dir_all(dir).expect("mkdir secret volume");
-    let ts = format!("..2026_11_27_10_00_00.{n:09}");
-    let hidden = dir.join(&ts);
-    std::fs::create_dir(&hidden).expect("mkdir timestamped dir");
-    for (name, content) in files {
-        std::fs::write(hidden.join(name), content).expect("write payload");
-    }
-    let data = dir.join("..data");
-    let old = std::fs::read_link(&data).ok();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&ts, &tmp).expect("symlink ..data_tmp");
-    std::fs::rename(&tmp, &data).expect("rename ..data_tmp -> ..data");
-    for (name, _) in files {
-        let visible = dir.join(name);
-        if std::fs::symlink_metadata(&visible).is_err() {
-            std::os::unix::fs::symlink(Path::new("..data").join(name), &visible)
-                .expect("symlink visible name");
-        }
-    }
-    if let Some(old) = old {
-        if old != Path::new(&ts) {
-            std::fs::remove_dir_all(dir.join(old)).expect("remove old timestamped dir");
-        }
-    }
-}
-
-fn kubelet_pair(dir: &Path, n: u64, pair: &Pair) {
-    kubelet_update(
-        dir,
-        n,
-        &[
-            ("tls.crt", pair.cert_pem.as_bytes()),
-            ("tls.key", pair.key_pem.as_bytes()),
-        ],
-    );
 }
 
 fn open_fds() -> usize {
@@ -593,7 +550,7 @@ async fn soak_mixed_load_loses_nothing_and_gives_back_fds_and_memory() {
     let p = start(&format!("http://{up_addr}"), move |cfg, pki, dir| {
         let pair = pki.server(&["localhost", "127.0.0.1"]);
         let secret = dir.join("secret");
-        kubelet_pair(&secret, 0, &pair);
+        kubelet_pair(&secret, &pair);
         *sp.lock().expect("lock") = Some(pair);
         cfg.certs = vec![CertSource {
             cert: secret.join("tls.crt"),
@@ -646,7 +603,7 @@ async fn soak_mixed_load_loses_nothing_and_gives_back_fds_and_memory() {
         while Instant::now() + Duration::from_secs(3) < deadline {
             tokio::time::sleep(Duration::from_secs(3)).await;
             last = pki.server(&["localhost", "127.0.0.1"]);
-            kubelet_pair(&secret, n, &last);
+            kubelet_pair(&secret, &last);
             n += 1;
         }
         *secret_pair.lock().expect("lock") = Some(last);

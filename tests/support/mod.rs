@@ -520,3 +520,51 @@ impl RawResp {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// Distinct names for the timestamped directories of successive updates.
+static UPDATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Updates the Secret volume in `dir` as the kubelet's AtomicWriter does: the
+/// files go into a new timestamped hidden directory, a `..data_tmp` symlink to
+/// it is renamed over `..data` (atomic), the user-visible names are symlinks to
+/// `..data/NAME` (created on the first update), and the old hidden directory is
+/// removed.
+pub fn kubelet_update(dir: &Path, files: &[(&str, &[u8])]) {
+    std::fs::create_dir_all(dir).expect("mkdir secret volume");
+    let n = UPDATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ts = format!("..2026_11_26_21_51_12.{n:09}");
+    let hidden = dir.join(&ts);
+    std::fs::create_dir(&hidden).expect("mkdir timestamped dir");
+    for (name, content) in files {
+        std::fs::write(hidden.join(name), content).expect("write payload");
+    }
+    let data = dir.join("..data");
+    let old = std::fs::read_link(&data).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&ts, &tmp).expect("symlink ..data_tmp");
+    std::fs::rename(&tmp, &data).expect("rename ..data_tmp -> ..data");
+    for (name, _) in files {
+        let visible = dir.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &visible)
+                .expect("symlink visible name");
+        }
+    }
+    if let Some(old) = old {
+        if old != Path::new(&ts) {
+            std::fs::remove_dir_all(dir.join(old)).expect("remove old timestamped dir");
+        }
+    }
+}
+
+/// A `kubernetes.io/tls` Secret update with `pair`.
+pub fn kubelet_pair(dir: &Path, pair: &Pair) {
+    kubelet_update(
+        dir,
+        &[
+            ("tls.crt", pair.cert_pem.as_bytes()),
+            ("tls.key", pair.key_pem.as_bytes()),
+        ],
+    );
+}
