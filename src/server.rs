@@ -15,13 +15,12 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 
 use crate::shutdown::{reached, Phase};
 use crate::stack::{self, Shared};
+use crate::tls::stream::TlsStream;
 use crate::tls::ConnInfo;
 
 /// A connection's request activity, shared by its I/O, its service and its
@@ -266,7 +265,7 @@ fn opt(d: Duration) -> Option<Duration> {
 /// The client stream as hyper sees it. Boxed: the TLS state is the largest
 /// part of a connection and is then allocated once, at its exact size, rather
 /// than inside every future that passes it on.
-type ClientIo = TokioIo<ActivityIo<Box<TlsStream<TcpStream>>>>;
+type ClientIo = TokioIo<ActivityIo<Box<TlsStream>>>;
 
 /// Serves HTTP on one TLS connection until it closes, times out or drains.
 ///
@@ -277,7 +276,7 @@ type ClientIo = TokioIo<ActivityIo<Box<TlsStream<TcpStream>>>>;
 /// completed its handshake costs its TLS state and little else (S5 in
 /// benches/). The returned future is boxed at its own size for the same reason.
 pub fn serve(
-    stream: TlsStream<TcpStream>,
+    stream: TlsStream,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -351,18 +350,13 @@ impl GracefulShutdown for H2Conn {
     }
 }
 
-/// Whether the client has sent anything since the handshake: rustls may
-/// already hold the first request (sent in the flight with the client's
+/// Whether the client has sent anything since the handshake: the TLS stream
+/// may already hold the first request (sent in the flight with the client's
 /// Finished), or the socket has bytes (or an end) to read.
 async fn first_bytes(io: &mut ClientIo) {
-    let (tcp, tls) = io.inner_mut().inner.get_mut();
-    let buffered = match tls.process_new_packets() {
-        Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
-        // hyper reads the error and ends the connection.
-        Err(_) => true,
-    };
-    if !buffered {
-        let _ = tcp.readable().await;
+    let tls = &io.inner_mut().inner;
+    if !tls.has_input() {
+        let _ = tls.readable().await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! know about the connection.
 
 pub mod san;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,12 +23,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use x509_parser::prelude::*;
 
 use crate::certs::CertStore;
 use crate::config::{ClientAuth, Config};
 use san::{ClientIdentity, SanPattern};
+use stream::TlsStream;
 
 /// What the HTTP stage knows about a client connection.
 #[derive(Debug)]
@@ -206,9 +207,8 @@ impl TlsAcceptor {
         peer: SocketAddr,
         local_port: u16,
         timeout: Duration,
-    ) -> Result<(TlsStream<TcpStream>, ConnInfo), HandshakeError> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
-        let hs = acceptor.accept(tcp);
+    ) -> Result<(TlsStream, ConnInfo), HandshakeError> {
+        let hs = TlsStream::accept(tcp, self.config.load_full());
         let stream = if timeout.is_zero() {
             hs.await.map_err(HandshakeError::Failed)?
         } else {
@@ -217,11 +217,11 @@ impl TlsAcceptor {
                 .map_err(|_| HandshakeError::Timeout)?
                 .map_err(HandshakeError::Failed)?
         };
-        let (_, conn) = stream.get_ref();
+        let conn = stream.conn();
         let info = ConnInfo {
             peer,
             local_port,
-            sni: conn.server_name().map(Box::from),
+            sni: stream.sni().map(Box::from),
             tls_version: match conn.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                 _ => "TLSv1.2",

@@ -1791,6 +1791,70 @@ async fn tls12_renegotiation_attempt_gets_no_second_handshake() {
     assert_eq!(p.get("/after").await.status, 200, "portico still serves");
 }
 
+/// TLS 1.3 KeyUpdate messages from the client between requests (post-handshake
+/// handshake records the record layer must hand to rustls) are followed: each
+/// next request on the same connection is answered, three times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_key_updates_between_requests_keep_the_connection_serving() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let mut tls = raw_tls(&p).await;
+    for round in 0..4 {
+        if round > 0 {
+            tls.get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("key update queued");
+        }
+        let req = format!("GET /ku{round} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.expect("write");
+        tls.flush().await.expect("flush");
+        let resp = read_response(&mut tls)
+            .await
+            .unwrap_or_else(|| panic!("round {round}: no response"));
+        assert_eq!(resp.status, 200, "round {round}");
+        assert_eq!(up.last().uri.path(), format!("/ku{round}"));
+    }
+    assert_eq!(up.count(), 4);
+}
+
+/// A request head sent one byte per TLS record, and a second request that
+/// shares a record with the end of the first, are both read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_split_over_one_byte_records_or_sharing_a_record_are_read_whole() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let mut tls = raw_tls(&p).await;
+    for b in b"GET /bytewise HTTP/1.1\r\nHost: localhost\r\n\r\n" {
+        tls.write_all(&[*b]).await.expect("write");
+        tls.flush().await.expect("flush");
+    }
+    let resp = read_response(&mut tls).await.expect("a response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.last().uri.path(), "/bytewise");
+    tls.write_all(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\nGET /second HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    tls.flush().await.expect("flush");
+    // Both answers, read as one stream (a response reader would drop bytes
+    // past its own response).
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let two = tokio::time::timeout(MS(3000), async {
+        while got.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count() < 2 {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(two, Ok(true), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(up.last().uri.path(), "/second");
+    assert_eq!(up.count(), 3);
+}
+
 // ---------------------------------------------------------------------------
 // 5. Broken upstreams.
 // ---------------------------------------------------------------------------

@@ -988,14 +988,12 @@ impl Bin {
             "--admin-listen",
             &admin.to_string(),
         ])
-        .args([
-            "--upstream",
-            upstream,
-            "--access-log",
-            "off",
-            "--workers",
-            "2",
-        ])
+        .args(["--upstream", upstream, "--workers", "2"])
+        .args(if extra.contains(&"--access-log") {
+            &[][..]
+        } else {
+            &["--access-log", "off"][..]
+        })
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
@@ -1531,4 +1529,65 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         missing.is_empty(),
         "used in deploy/ but not exported: {missing:?}"
     );
+}
+
+/// One request over `tls` (HTTP/1.1, `Connection: close`); its status.
+async fn get_on(tls: tokio_rustls::client::TlsStream<TcpStream>, path: &str) -> StatusCode {
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    let resp = send.send_request(h1_get(path)).await.expect("response");
+    collect(resp).await.status
+}
+
+/// SPEC `--access-log`: each line names the connection's TLS version and SNI,
+/// for a full handshake, a resumed one (no certificate is chosen then) and a
+/// client that sent no SNI (`-`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_names_the_tls_version_and_sni_of_full_resumed_and_nameless_handshakes() {
+    let up = hello_upstream().await;
+    let bin = Bin::start(&up.url(), &["--access-log", "on", "--log-format", "json"]).await;
+    let cfg = client_config(bin.roots.clone(), &[b"http/1.1"], None);
+    let full = tls_connect(bin.tls, "localhost", cfg.clone())
+        .await
+        .expect("full handshake");
+    assert_eq!(
+        full.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    assert_eq!(get_on(full, "/sni-full").await, StatusCode::OK);
+    let resumed = tls_connect(bin.tls, "localhost", cfg.clone())
+        .await
+        .expect("resumed handshake");
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert_eq!(get_on(resumed, "/sni-resumed").await, StatusCode::OK);
+    // An IP address as the server name: rustls sends no SNI for it.
+    let nameless = tls_connect(bin.tls, "127.0.0.1", cfg)
+        .await
+        .expect("handshake without SNI");
+    assert_eq!(get_on(nameless, "/sni-none").await, StatusCode::OK);
+
+    let line = |path: &str| {
+        let logs = bin.logs();
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["path"] == path)
+    };
+    for (path, sni) in [
+        ("/sni-full", "localhost"),
+        ("/sni-resumed", "localhost"),
+        ("/sni-none", "-"),
+    ] {
+        let v = eventually(Duration::from_secs(5), "the access log line", || async {
+            line(path)
+        })
+        .await;
+        assert_eq!(v["sni"], sni, "{path}: {v}");
+        assert_eq!(v["tls"], "TLSv1.3", "{path}: {v}");
+        assert_eq!(v["status"], 200, "{path}: {v}");
+    }
 }
