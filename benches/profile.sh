@@ -31,7 +31,7 @@ PORTICO=$!
 PIDS+=($PORTICO)
 sleep 1
 
-perf record -e cpu-clock -F 1999 -p "$PORTICO" -o "$TMP/perf.data" 2>/dev/null &
+perf record -e cpu-clock -F 1999 ${PERF_RECORD_ARGS:-} -p "$PORTICO" -o "$TMP/perf.data" 2>/dev/null &
 PERF=$!
 # System calls, counted inside the measured window (approximately: it starts
 # after the warm-up plus connection setup and ends a little early).
@@ -44,6 +44,7 @@ BENCH_TARGET_ADDR=127.0.0.1:$P BENCH_TARGET_PID=$PORTICO BENCH_CA=$TMP/certs/ca.
 wait "$STAT" 2>/dev/null || true
 kill -INT "$PERF"
 wait "$PERF" 2>/dev/null || true
+[[ -n ${PERF_KEEP:-} ]] && cp "$TMP/perf.data" "$PERF_KEEP"
 python3 - "$TMP/syscalls.csv" "$TMP/run.jsonl" "$BENCH_SECS" <<'PY'
 import json, sys
 calls = next((int(l.split(",")[0]) for l in open(sys.argv[1]) if "sys_enter" in l), None)

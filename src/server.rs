@@ -354,10 +354,7 @@ impl GracefulShutdown for H2Conn {
 /// may already hold the first request (sent in the flight with the client's
 /// Finished), or the socket has bytes (or an end) to read.
 async fn first_bytes(io: &mut ClientIo) {
-    let tls = &io.inner_mut().inner;
-    if !tls.has_input() {
-        let _ = tls.readable().await;
-    }
+    let _ = io.inner_mut().inner.input().await;
 }
 
 /// Runs a connection against the connection's clock and the drain: first

@@ -38,8 +38,9 @@ const RECORD_OVERHEAD: usize = 32;
 const RECORD_MAX: usize = 16 * 1024;
 
 thread_local! {
-    /// Records are sealed here and written from here: one buffer per thread.
-    static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Records are sealed here and written from here: one buffer per thread,
+    /// holding `.0[...1]`.
+    static SEALED: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
     /// The SNI of the ClientHello rustls is resolving a certificate for.
     static SNI: Cell<Option<Option<Box<str>>>> = const { Cell::new(None) };
 }
@@ -141,13 +142,18 @@ impl TlsStream {
 
     /// Whether anything from the client is here already: plaintext, records
     /// or the end of the stream.
-    pub fn has_input(&self) -> bool {
+    fn has_input(&self) -> bool {
         self.plain_at < self.plain.len() || self.rx_at < self.rx.len() || self.read_done
     }
 
-    /// Resolves when the socket has something to read.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.tcp.readable().await
+    /// Resolves when the client has sent something (or closed). The socket
+    /// is peeked, not only asked: its readiness may be left over from the
+    /// handshake's last read.
+    pub async fn input(&self) -> io::Result<()> {
+        if self.has_input() {
+            return Ok(());
+        }
+        self.tcp.peek(&mut [0u8; 1]).await.map(drop)
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -168,7 +174,10 @@ impl TlsStream {
             // TLS 1.2 server Finished before the handshake counts as done).
             ready!(self.poll_flush_tx(cx))?;
             match reached {
-                Reached::Traffic => return Poll::Ready(Ok(())),
+                Reached::Traffic => {
+                    self.shed();
+                    return Poll::Ready(Ok(()));
+                }
                 Reached::Closed => {
                     return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                 }
@@ -212,12 +221,20 @@ impl TlsStream {
             failed,
             ..
         } = self;
-        SEALED.with_borrow_mut(|sealed| {
+        SEALED.with_borrow_mut(|(sealed, sealed_end)| {
             // Whatever an earlier call left (it failed half-way) is not this
             // connection's to send.
-            sealed.clear();
-            let sink: &mut Vec<u8> = if into_sealed { sealed } else { tx };
-            loop {
+            *sealed_end = 0;
+            let mut sink = if into_sealed {
+                Sink {
+                    buf: sealed,
+                    end: 0,
+                }
+            } else {
+                let end = tx.len();
+                Sink { buf: tx, end }
+            };
+            let result = (|| loop {
                 let UnbufferedStatus { mut discard, state } =
                     conn.process_tls_records(&mut rx[*rx_at..]);
                 let mut reached = None;
@@ -245,7 +262,7 @@ impl TlsStream {
                             plain.extend_from_slice(&payload[taken..]);
                         }
                     }
-                    Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, sink)?,
+                    Ok(ConnectionState::EncodeTlsData(mut data)) => sink.encode(&mut data)?,
                     Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
                     Ok(ConnectionState::BlockedHandshake) => reached = Some(Reached::Handshaking),
                     Ok(ConnectionState::PeerClosed) => *read_done = true,
@@ -265,7 +282,9 @@ impl TlsStream {
                                     }
                                     let room =
                                         s.len() + s.len().div_ceil(RECORD_MAX) * RECORD_OVERHEAD;
-                                    seal_into(sink, room, |buf| traffic.encrypt(s, buf))?;
+                                    sink.put(room, |buf| {
+                                        traffic.encrypt(s, buf).map_err(Short::from)
+                                    })?;
                                     *taken += s.len();
                                     budget -= s.len();
                                     if budget == 0 {
@@ -274,8 +293,8 @@ impl TlsStream {
                                 }
                             }
                             Seal::CloseNotify => {
-                                seal_into(sink, RECORD_OVERHEAD + 2, |buf| {
-                                    traffic.queue_close_notify(buf)
+                                sink.put(RECORD_OVERHEAD + 2, |buf| {
+                                    traffic.queue_close_notify(buf).map_err(Short::from)
                                 })?;
                             }
                         }
@@ -297,13 +316,21 @@ impl TlsStream {
                 }
                 if let Some(e) = refused {
                     *failed = true;
-                    queue_alerts(conn, &mut rx[*rx_at..], sink);
+                    queue_alerts(conn, &mut rx[*rx_at..], &mut sink);
                     return Err(tls_error(e));
                 }
                 if let Some(r) = reached {
                     return Ok(r);
                 }
+            })();
+            if into_sealed {
+                *sealed_end = sink.end;
+            } else {
+                // Room past the end is zeroes, not records to send.
+                let end = sink.end;
+                sink.buf.truncate(end);
             }
+            result
         })
     }
 
@@ -317,17 +344,25 @@ impl TlsStream {
         }
     }
 
+    /// Frees the receive and plaintext buffers when they are empty: done
+    /// whenever the connection is about to wait.
+    fn shed(&mut self) {
+        if self.rx_at == self.rx.len() {
+            self.rx = Vec::new();
+            self.rx_at = 0;
+        }
+        if self.plain_at == self.plain.len() {
+            self.plain = Vec::new();
+            self.plain_at = 0;
+        }
+    }
+
     /// Reads from the socket into `rx`. The buffer is allocated only once the
     /// socket is readable, and freed when the connection waits with it empty.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         loop {
             if self.tcp.poll_read_ready(cx)?.is_pending() {
-                if self.rx.is_empty() {
-                    self.rx = Vec::new();
-                }
-                if self.plain.is_empty() {
-                    self.plain = Vec::new();
-                }
+                self.shed();
                 return Poll::Pending;
             }
             if self.rx.capacity() - self.rx.len() < MIN_READ {
@@ -367,11 +402,13 @@ impl TlsStream {
     /// Writes what was sealed into the thread's buffer; what the socket does
     /// not take now is kept in `tx`.
     fn send_sealed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        SEALED.with_borrow_mut(|sealed| {
+        SEALED.with_borrow_mut(|(sealed, end)| {
+            let sealed_now = &sealed[..*end];
+            *end = 0;
             let mut at = 0;
             if self.tx_at == self.tx.len() {
-                while at < sealed.len() {
-                    match Pin::new(&mut self.tcp).poll_write(cx, &sealed[at..]) {
+                while at < sealed_now.len() {
+                    match Pin::new(&mut self.tcp).poll_write(cx, &sealed_now[at..]) {
                         Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                         Poll::Ready(Ok(n)) => at += n,
                         Poll::Ready(Err(e)) => return Err(e),
@@ -379,65 +416,78 @@ impl TlsStream {
                     }
                 }
             }
-            if at < sealed.len() {
-                self.tx.extend_from_slice(&sealed[at..]);
+            if at < sealed_now.len() {
+                self.tx.extend_from_slice(&sealed_now[at..]);
             }
-            sealed.clear();
             Ok(())
         })
     }
 }
 
-/// Copies a handshake record or alert rustls produced into `sink`.
-fn encode(
-    data: &mut EncodeTlsData<'_, ServerConnectionData>,
-    sink: &mut Vec<u8>,
-) -> io::Result<()> {
-    let start = sink.len();
-    let mut room = 4096;
-    loop {
-        sink.resize(start + room, 0);
-        match data.encode(&mut sink[start..]) {
-            Ok(n) => {
-                sink.truncate(start + n);
-                return Ok(());
+/// Why a record did not fit.
+enum Short {
+    Need(usize),
+    Failed(String),
+}
+
+impl From<EncryptError> for Short {
+    fn from(e: EncryptError) -> Self {
+        match e {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Short::Need(required_size)
             }
-            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                room = required_size;
-            }
-            Err(e) => {
-                sink.truncate(start);
-                return Err(io::Error::other(e.to_string()));
-            }
+            e => Short::Failed(e.to_string()),
         }
     }
 }
 
-/// Seals with `f` into `sink`, growing it once if rustls needs more room.
-fn seal_into(
-    sink: &mut Vec<u8>,
-    room: usize,
-    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
-) -> io::Result<()> {
-    let start = sink.len();
-    let mut room = room;
-    loop {
-        sink.resize(start + room, 0);
-        match f(&mut sink[start..]) {
-            Ok(n) => {
-                sink.truncate(start + n);
-                return Ok(());
+impl From<EncodeError> for Short {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Short::Need(required_size)
             }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
-                if required_size > room =>
-            {
-                room = required_size;
+            e => Short::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Where records go: `buf[..end]`. `buf` past `end` is room zeroed by an
+/// earlier use, so sealing does not clear memory each time.
+struct Sink<'a> {
+    buf: &'a mut Vec<u8>,
+    end: usize,
+}
+
+impl Sink<'_> {
+    /// Writes a record with `f`, given `room` bytes (more if rustls asks).
+    fn put(
+        &mut self,
+        mut room: usize,
+        mut f: impl FnMut(&mut [u8]) -> Result<usize, Short>,
+    ) -> io::Result<()> {
+        loop {
+            let want = self.end + room;
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
             }
-            Err(e) => {
-                sink.truncate(start);
-                return Err(io::Error::other(e.to_string()));
+            match f(&mut self.buf[self.end..want]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(Short::Need(need)) if need > room => room = need,
+                Err(Short::Need(need)) => {
+                    return Err(io::Error::other(format!("a TLS record needs {need} bytes")))
+                }
+                Err(Short::Failed(e)) => return Err(io::Error::other(e)),
             }
         }
+    }
+
+    /// Copies a handshake record or alert rustls produced.
+    fn encode(&mut self, data: &mut EncodeTlsData<'_, ServerConnectionData>) -> io::Result<()> {
+        self.put(4096, |buf| data.encode(buf).map_err(Short::from))
     }
 }
 
@@ -446,11 +496,11 @@ fn seal_into(
 /// queued: those are handed out before it would look at `rx` again, which a
 /// failed connection must not do. `rx` is the unprocessed input, as rustls
 /// expects it.
-fn queue_alerts(conn: &mut UnbufferedServerConnection, rx: &mut [u8], sink: &mut Vec<u8>) {
+fn queue_alerts(conn: &mut UnbufferedServerConnection, rx: &mut [u8], sink: &mut Sink<'_>) {
     while conn.wants_write() {
         match conn.process_tls_records(rx).state {
             Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                if encode(&mut data, sink).is_err() {
+                if sink.encode(&mut data).is_err() {
                     return;
                 }
             }
