@@ -38,8 +38,8 @@ const RECORD_OVERHEAD: usize = 32;
 const RECORD_MAX: usize = 16 * 1024;
 
 thread_local! {
-    /// Records are sealed here and written from here: one buffer per thread,
-    /// holding `.0[...1]`.
+    /// Records are sealed here and written from here: one buffer per thread;
+    /// the records are `.0[...1]`.
     static SEALED: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
     /// The SNI of the ClientHello rustls is resolving a certificate for.
     static SNI: Cell<Option<Option<Box<str>>>> = const { Cell::new(None) };
