@@ -3,6 +3,7 @@
 //! turns a TCP stream into a TLS stream plus what the request stage needs to
 //! know about the connection.
 
+pub mod record;
 pub mod san;
 pub mod stream;
 
@@ -209,7 +210,7 @@ impl TlsAcceptor {
         timeout: Duration,
     ) -> Result<(TlsStream, ConnInfo), HandshakeError> {
         let hs = TlsStream::accept(tcp, self.config.load_full());
-        let stream = if timeout.is_zero() {
+        let (stream, settled) = if timeout.is_zero() {
             hs.await.map_err(HandshakeError::Failed)?
         } else {
             tokio::time::timeout(timeout, hs)
@@ -217,20 +218,13 @@ impl TlsAcceptor {
                 .map_err(|_| HandshakeError::Timeout)?
                 .map_err(HandshakeError::Failed)?
         };
-        let conn = stream.conn();
         let info = ConnInfo {
             peer,
             local_port,
-            sni: stream.sni().map(Box::from),
-            tls_version: match conn.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                _ => "TLSv1.2",
-            },
-            h2: conn.alpn_protocol() == Some(b"h2"),
-            xfcc: conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|leaf| xfcc(leaf.as_ref())),
+            sni: settled.sni,
+            tls_version: if settled.tls13 { "TLSv1.3" } else { "TLSv1.2" },
+            h2: settled.alpn.as_deref() == Some(b"h2"),
+            xfcc: settled.client_cert.and_then(|leaf| xfcc(leaf.as_ref())),
         };
         Ok((stream, info))
     }
@@ -265,6 +259,9 @@ fn build_config(
     // every full handshake an HKDF, an AEAD seal and a record.
     config.send_tls13_tickets = 1;
     config.session_storage = ServerSessionMemoryCache::new(4096);
+    // rustls hands the traffic keys to the record layer after the handshake
+    // (src/tls/stream.rs).
+    config.enable_secret_extraction = true;
     Ok(config)
 }
 

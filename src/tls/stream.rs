@@ -1,30 +1,40 @@
-//! The TLS record layer of one client connection: rustls's unbuffered API over
-//! the TCP stream, with buffers portico owns.
+//! The TLS record layer of one client connection.
 //!
-//! rustls's buffered connection keeps a 4 KiB receive buffer for as long as
-//! the connection lives and reads at most 4 KiB per call. Here the receive
-//! buffer is allocated when the socket is readable and freed when the
-//! connection waits with nothing in it, so an idle keep-alive connection holds
-//! no buffer at all (S5 in benches/), and a read takes up to 32 KiB at once
-//! (fewer reads per uploaded MiB). Outgoing records are sealed into one buffer
-//! per thread and written from there; only what the socket did not take is
-//! kept, per connection, until it is flushed.
+//! The handshake runs on rustls's unbuffered API. Once it is done, rustls
+//! hands over the traffic keys (`rustls::kernel`, the interface made for
+//! kernel TLS) and keeps only what key updates need; records are then sealed
+//! and opened here (`record.rs`), in place:
+//!
+//! - a received record is decrypted where it was read and copied once, into
+//!   hyper's buffer (rustls's own connection copies each record twice more);
+//! - an outgoing record is sealed straight into the buffer that is written
+//!   (rustls copies each sealed record once or twice more);
+//! - buffers belong to the connection only while it has bytes in them: the
+//!   receive buffer is allocated when the socket is readable and freed when
+//!   the connection waits, records are sealed into one buffer per thread, and
+//!   only what the socket did not take stays with the connection. An idle
+//!   keep-alive connection holds its socket, two AEAD keys and no buffer
+//!   (S5 in benches/).
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use rustls::kernel::KernelConnection;
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
-    UnbufferedStatus,
+    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
 };
-use rustls::ServerConfig;
+use rustls::{ProtocolVersion, ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::record::{self, alert, Protection, Refused};
 
 /// Reads ask for this much room: two full records.
 const READ_SIZE: usize = 32 * 1024;
@@ -32,10 +42,12 @@ const READ_SIZE: usize = 32 * 1024;
 const MIN_READ: usize = 8 * 1024;
 /// Plaintext sealed per write call: the socket takes it in one write.
 const WRITE_MAX: usize = 64 * 1024;
-/// A TLS record's overhead at most (TLS 1.2 AES-GCM: 5 header, 8 nonce, 16 tag).
-const RECORD_OVERHEAD: usize = 32;
-/// rustls's largest record payload.
-const RECORD_MAX: usize = 16 * 1024;
+/// Consecutive empty application-data records tolerated (rustls's figure).
+const MAX_EMPTY_RECORDS: u8 = 32;
+/// TLS 1.3 `user_canceled`, a warning that may precede close_notify.
+const USER_CANCELED: u8 = 90;
+/// TLS 1.3 `key_update` handshake message type.
+const KEY_UPDATE: u8 = 24;
 
 thread_local! {
     /// Records are sealed here and written from here: one buffer per thread;
@@ -53,14 +65,47 @@ pub fn saw_sni(name: Option<&str>) {
     SNI.set(Some(name.map(Box::from)));
 }
 
+/// What the handshake settled, read before rustls hands the keys over.
+#[derive(Debug)]
+pub struct Settled {
+    /// TLS 1.3 (else 1.2).
+    pub tls13: bool,
+    /// The protocol ALPN chose.
+    pub alpn: Option<Vec<u8>>,
+    /// The client's verified certificate.
+    pub client_cert: Option<CertificateDer<'static>>,
+    /// The SNI the client sent.
+    pub sni: Option<Box<str>>,
+}
+
+/// After the handshake: the keys of both directions and rustls's remainder.
+struct Traffic {
+    kernel: KernelConnection<ServerConnectionData>,
+    tx: Protection,
+    rx: Protection,
+    tls13: bool,
+    /// Records one key may seal (the suite's confidentiality limit).
+    limit: u64,
+    empty_records: u8,
+}
+
+enum Tls {
+    Handshake(Box<UnbufferedServerConnection>),
+    Traffic(Box<Traffic>),
+    Failed,
+}
+
 /// A server-side TLS connection over TCP.
 pub struct TlsStream {
     tcp: TcpStream,
-    conn: UnbufferedServerConnection,
+    tls: Tls,
     /// Ciphertext received: `rx[rx_at..]` is not processed yet.
     rx: Vec<u8>,
     rx_at: usize,
-    /// Plaintext decrypted and not read yet: `plain[plain_at..]`.
+    /// Plaintext opened in place and not read yet: `rx[ready]`.
+    ready: Range<usize>,
+    /// Plaintext rustls decrypted during the handshake (a request that came
+    /// with the client's Finished) and not read yet: `plain[plain_at..]`.
     plain: Vec<u8>,
     plain_at: usize,
     /// Ciphertext the socket has not taken yet: `tx[tx_at..]`.
@@ -72,9 +117,8 @@ pub struct TlsStream {
     truncated: bool,
     /// close_notify has been queued.
     close_sent: bool,
-    /// rustls refused the peer's input: it is not asked again.
-    failed: bool,
     sni: Option<Box<str>>,
+    settled: Option<Settled>,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -92,30 +136,29 @@ enum Reached {
     Handshaking,
     /// The handshake is done and no whole record is left unprocessed.
     Traffic,
-    /// Both sides have sent close_notify.
-    Closed,
-}
-
-/// What to seal when rustls reaches the traffic state.
-enum Seal<'a> {
-    Nothing,
-    Data(&'a [IoSlice<'a>], &'a mut usize),
-    CloseNotify,
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+fn refused(what: &str, a: Refused) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{what} (TLS alert {})", a.0),
+    )
+}
+
 impl TlsStream {
     /// Runs the server handshake on `tcp` (no time limit: the caller sets one).
-    pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+    pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<(Self, Settled)> {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
         let mut s = Self {
             tcp,
-            conn,
+            tls: Tls::Handshake(Box::new(conn)),
             rx: Vec::new(),
             rx_at: 0,
+            ready: 0..0,
             plain: Vec::new(),
             plain_at: 0,
             tx: Vec::new(),
@@ -123,27 +166,24 @@ impl TlsStream {
             read_done: false,
             truncated: false,
             close_sent: false,
-            failed: false,
             sni: None,
+            settled: None,
         };
         poll_fn(|cx| s.poll_handshake(cx)).await?;
-        Ok(s)
-    }
-
-    /// The rustls connection: version, ALPN, the client's certificates.
-    pub fn conn(&self) -> &UnbufferedServerConnection {
-        &self.conn
-    }
-
-    /// The SNI the client sent.
-    pub fn sni(&self) -> Option<&str> {
-        self.sni.as_deref()
+        let settled = s
+            .settled
+            .take()
+            .ok_or_else(|| io::Error::other("handshake ended without its parameters"))?;
+        Ok((s, settled))
     }
 
     /// Whether anything from the client is here already: plaintext, records
     /// or the end of the stream.
     fn has_input(&self) -> bool {
-        self.plain_at < self.plain.len() || self.rx_at < self.rx.len() || self.read_done
+        self.plain_at < self.plain.len()
+            || !self.ready.is_empty()
+            || self.rx_at < self.rx.len()
+            || self.read_done
     }
 
     /// Resolves when the client has sent something (or closed). The socket
@@ -158,14 +198,25 @@ impl TlsStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            let Tls::Handshake(conn) = &mut self.tls else {
+                return Poll::Ready(Err(io::Error::other("the TLS handshake has failed")));
+            };
             SNI.set(None);
-            let reached = self.advance(None, Seal::Nothing, false);
+            let reached = advance(
+                conn,
+                &mut self.rx,
+                &mut self.rx_at,
+                &mut self.plain,
+                &mut self.tx,
+                &mut self.read_done,
+            );
             if let Some(sni) = SNI.take() {
                 self.sni = sni;
             }
             let reached = match reached {
                 Ok(r) => r,
                 Err(e) => {
+                    self.tls = Tls::Failed;
                     self.send_now();
                     return Poll::Ready(Err(e));
                 }
@@ -175,11 +226,9 @@ impl TlsStream {
             ready!(self.poll_flush_tx(cx))?;
             match reached {
                 Reached::Traffic => {
+                    self.start_traffic()?;
                     self.shed();
                     return Poll::Ready(Ok(()));
-                }
-                Reached::Closed => {
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                 }
                 Reached::Handshaking => {
                     if self.read_done {
@@ -194,144 +243,39 @@ impl TlsStream {
         }
     }
 
-    /// Feeds rustls the records received: decrypted data goes to `out`, then
-    /// to `plain`; handshake records and alerts rustls produces are appended
-    /// to `tx` (or to `sealed` when given); in the traffic state `seal` is
-    /// sealed into the same buffer.
-    fn advance(
-        &mut self,
-        mut out: Option<&mut ReadBuf<'_>>,
-        mut seal: Seal<'_>,
-        into_sealed: bool,
-    ) -> io::Result<Reached> {
-        if self.failed {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the TLS connection has failed",
-            ));
-        }
-        let Self {
-            conn,
-            rx,
-            rx_at,
-            plain,
-            plain_at,
-            tx,
-            read_done,
-            failed,
-            ..
-        } = self;
-        SEALED.with_borrow_mut(|(sealed, sealed_end)| {
-            // Whatever an earlier call left (it failed half-way) is not this
-            // connection's to send.
-            *sealed_end = 0;
-            let mut sink = if into_sealed {
-                Sink {
-                    buf: sealed,
-                    end: 0,
-                }
-            } else {
-                let end = tx.len();
-                Sink { buf: tx, end }
-            };
-            let result = (|| loop {
-                let UnbufferedStatus { mut discard, state } =
-                    conn.process_tls_records(&mut rx[*rx_at..]);
-                let mut reached = None;
-                let mut refused = None;
-                match state {
-                    Err(e) => refused = Some(e),
-                    Ok(ConnectionState::ReadTraffic(mut records)) => {
-                        while let Some(record) = records.next_record() {
-                            let record = match record {
-                                Ok(r) => r,
-                                Err(e) => {
-                                    refused = Some(e);
-                                    break;
-                                }
-                            };
-                            discard += record.discard;
-                            let payload = record.payload;
-                            let mut taken = 0;
-                            if *plain_at == plain.len() {
-                                if let Some(out) = out.as_deref_mut() {
-                                    taken = out.remaining().min(payload.len());
-                                    out.put_slice(&payload[..taken]);
-                                }
-                            }
-                            plain.extend_from_slice(&payload[taken..]);
-                        }
-                    }
-                    Ok(ConnectionState::EncodeTlsData(mut data)) => sink.encode(&mut data)?,
-                    Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-                    Ok(ConnectionState::BlockedHandshake) => reached = Some(Reached::Handshaking),
-                    Ok(ConnectionState::PeerClosed) => *read_done = true,
-                    Ok(ConnectionState::Closed) => {
-                        *read_done = true;
-                        reached = Some(Reached::Closed);
-                    }
-                    Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                        match std::mem::replace(&mut seal, Seal::Nothing) {
-                            Seal::Nothing => {}
-                            Seal::Data(slices, taken) => {
-                                let mut budget = WRITE_MAX;
-                                for s in slices {
-                                    let s = &s[..s.len().min(budget)];
-                                    if s.is_empty() {
-                                        continue;
-                                    }
-                                    let room =
-                                        s.len() + s.len().div_ceil(RECORD_MAX) * RECORD_OVERHEAD;
-                                    sink.put(room, |buf| {
-                                        traffic.encrypt(s, buf).map_err(Short::from)
-                                    })?;
-                                    *taken += s.len();
-                                    budget -= s.len();
-                                    if budget == 0 {
-                                        break;
-                                    }
-                                }
-                            }
-                            Seal::CloseNotify => {
-                                sink.put(RECORD_OVERHEAD + 2, |buf| {
-                                    traffic.queue_close_notify(buf).map_err(Short::from)
-                                })?;
-                            }
-                        }
-                        reached = Some(Reached::Traffic);
-                    }
-                    Ok(_) => {
-                        // Early data is not enabled; nothing else is expected.
-                        refused = Some(rustls::Error::General("unexpected TLS state".into()));
-                    }
-                }
-                *rx_at += discard;
-                if *rx_at == rx.len() {
-                    rx.clear();
-                    *rx_at = 0;
-                }
-                if *plain_at == plain.len() && !plain.is_empty() {
-                    plain.clear();
-                    *plain_at = 0;
-                }
-                if let Some(e) = refused {
-                    *failed = true;
-                    queue_alerts(conn, &mut rx[*rx_at..], &mut sink);
-                    return Err(tls_error(e));
-                }
-                if let Some(r) = reached {
-                    return Ok(r);
-                }
-            })();
-            if into_sealed {
-                *sealed_end = sink.end;
-            } else {
-                // Room past the end is zeroes, not records to send.
-                let end = sink.end;
-                sink.buf.truncate(end);
-            }
-            result
-        })
+    /// Takes the traffic keys from rustls: from here on records are sealed
+    /// and opened in `record.rs`.
+    fn start_traffic(&mut self) -> io::Result<()> {
+        let Tls::Handshake(conn) = std::mem::replace(&mut self.tls, Tls::Failed) else {
+            return Err(io::Error::other("no handshake to finish"));
+        };
+        let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+        let sni = self.sni.take();
+        self.settled = Some(Settled {
+            tls13,
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            client_cert: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned()),
+            sni,
+        });
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+        let limit = match kernel.negotiated_cipher_suite() {
+            SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
+            SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
+        };
+        let (tx_seq, tx) = secrets.tx;
+        let (rx_seq, rx) = secrets.rx;
+        self.tls = Tls::Traffic(Box::new(Traffic {
+            kernel,
+            tx: Protection::new(tls13, tx_seq, tx).map_err(io::Error::other)?,
+            rx: Protection::new(tls13, rx_seq, rx).map_err(io::Error::other)?,
+            tls13,
+            limit,
+            empty_records: 0,
+        }));
+        Ok(())
     }
 
     /// Best effort: writes what is queued (a fatal alert) without waiting.
@@ -344,12 +288,23 @@ impl TlsStream {
         }
     }
 
+    /// Sends a fatal alert (best effort) and fails the connection.
+    fn fail(&mut self, what: &str, a: Refused) -> io::Error {
+        if let Tls::Traffic(t) = &mut self.tls {
+            let _ = seal_into_vec(&mut t.tx, record::ALERT, &[2, a.0], &mut self.tx);
+        }
+        self.tls = Tls::Failed;
+        self.send_now();
+        refused(what, a)
+    }
+
     /// Frees the receive and plaintext buffers when they are empty: done
     /// whenever the connection is about to wait.
     fn shed(&mut self) {
-        if self.rx_at == self.rx.len() {
+        if self.rx_at == self.rx.len() && self.ready.is_empty() {
             self.rx = Vec::new();
             self.rx_at = 0;
+            self.ready = 0..0;
         }
         if self.plain_at == self.plain.len() {
             self.plain = Vec::new();
@@ -366,9 +321,12 @@ impl TlsStream {
                 return Poll::Pending;
             }
             if self.rx.capacity() - self.rx.len() < MIN_READ {
-                if self.rx_at > 0 {
+                // Only unprocessed bytes are moved: nothing opened is pending
+                // when more is read.
+                if self.rx_at > 0 && self.ready.is_empty() {
                     self.rx.drain(..self.rx_at);
                     self.rx_at = 0;
+                    self.ready = 0..0;
                 }
                 self.rx.reserve(READ_SIZE);
             }
@@ -399,6 +357,120 @@ impl TlsStream {
         Poll::Ready(Ok(()))
     }
 
+    /// Opens the next whole record in `rx`, if there is one, and acts on it.
+    /// `Ok(false)`: no whole record is there.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let Tls::Traffic(t) = &mut self.tls else {
+            return Err(io::Error::other("the TLS connection has failed"));
+        };
+        let avail = &self.rx[self.rx_at..];
+        if avail.len() < record::HEADER {
+            return Ok(false);
+        }
+        let len = usize::from(u16::from_be_bytes([avail[3], avail[4]]));
+        if avail[1] != 3 {
+            return Err(self.fail(
+                "a record with a foreign version",
+                Refused(alert::DECODE_ERROR),
+            ));
+        }
+        if len > record::MAX_PLAINTEXT + 2048 {
+            return Err(self.fail("a record too long", Refused(alert::RECORD_OVERFLOW)));
+        }
+        if avail.len() < record::HEADER + len {
+            return Ok(false);
+        }
+        let start = self.rx_at;
+        let end = start + record::HEADER + len;
+        let rec = &mut self.rx[start..end];
+        let opened = match t.rx.open(rec) {
+            Ok(o) => o,
+            Err(a) => return Err(self.fail("a record that does not open", a)),
+        };
+        self.rx_at = end;
+        let plain = start + opened.plain.start..start + opened.plain.end;
+        match opened.typ {
+            record::APPLICATION_DATA => {
+                if plain.is_empty() {
+                    t.empty_records += 1;
+                    if t.empty_records > MAX_EMPTY_RECORDS {
+                        return Err(
+                            self.fail("too many empty records", Refused(alert::UNEXPECTED_MESSAGE))
+                        );
+                    }
+                } else {
+                    t.empty_records = 0;
+                    self.ready = plain;
+                }
+            }
+            record::ALERT => {
+                let body = &self.rx[plain];
+                let [level, desc] = body else {
+                    return Err(
+                        self.fail("an alert that does not parse", Refused(alert::DECODE_ERROR))
+                    );
+                };
+                match (*level, *desc) {
+                    (_, alert::CLOSE_NOTIFY) => self.read_done = true,
+                    // TLS 1.2 warnings, and TLS 1.3's user_canceled, are only
+                    // news; anything else ends the connection.
+                    (1, d) if !t.tls13 || d == USER_CANCELED => {}
+                    (_, d) => {
+                        self.tls = Tls::Failed;
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            format!("the client sent TLS alert {d}"),
+                        ));
+                    }
+                }
+            }
+            record::HANDSHAKE if t.tls13 => {
+                let body = &self.rx[plain];
+                // One whole KeyUpdate, the last message of its record: it
+                // must not share a record with what the next key protects.
+                match body {
+                    [KEY_UPDATE, 0, 0, 1, requested @ (0 | 1)] => {
+                        let requested = *requested == 1;
+                        let (seq, secrets) = t.kernel.update_rx_secret().map_err(tls_error)?;
+                        t.rx = Protection::new(true, seq, secrets).map_err(io::Error::other)?;
+                        if requested {
+                            update_tx_key(t, &mut self.tx)?;
+                        }
+                    }
+                    _ => {
+                        return Err(self.fail(
+                            "a handshake message after the handshake",
+                            Refused(alert::UNEXPECTED_MESSAGE),
+                        ))
+                    }
+                }
+            }
+            record::HANDSHAKE => {
+                // A TLS 1.2 client asking to renegotiate: refused with a
+                // warning, as rustls does; the connection stays usable.
+                seal_into_vec(
+                    &mut t.tx,
+                    record::ALERT,
+                    &[1, alert::NO_RENEGOTIATION],
+                    &mut self.tx,
+                )
+                .map_err(|a| refused("cannot seal an alert", a))?;
+            }
+            _ => {
+                return Err(self.fail(
+                    "an unexpected record type",
+                    Refused(alert::UNEXPECTED_MESSAGE),
+                ))
+            }
+        }
+        if self.rx_at == self.rx.len() && self.ready.is_empty() {
+            self.rx.clear();
+            self.rx_at = 0;
+            self.ready = 0..0;
+        }
+        Ok(true)
+    }
+
     /// Writes what was sealed into the thread's buffer; what the socket does
     /// not take now is kept in `tx`.
     fn send_sealed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -424,83 +496,168 @@ impl TlsStream {
     }
 }
 
-/// Why a record did not fit.
-enum Short {
-    Need(usize),
-    Failed(String),
+/// Sends a KeyUpdate under the current key and switches to the next one.
+fn update_tx_key(t: &mut Traffic, out: &mut Vec<u8>) -> io::Result<()> {
+    seal_into_vec(&mut t.tx, record::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)
+        .map_err(|a| refused("cannot seal a key update", a))?;
+    let (seq, secrets) = t.kernel.update_tx_secret().map_err(tls_error)?;
+    t.tx = Protection::new(true, seq, secrets).map_err(io::Error::other)?;
+    Ok(())
 }
 
-impl From<EncryptError> for Short {
-    fn from(e: EncryptError) -> Self {
-        match e {
-            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                Short::Need(required_size)
+/// Seals one record at the end of `out`.
+fn seal_into_vec(
+    tx: &mut Protection,
+    typ: u8,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Refused> {
+    let start = out.len();
+    out.resize(start + Protection::sealed_len(plain.len()), 0);
+    let n = tx.seal(typ, plain, &mut out[start..])?;
+    out.truncate(start + n);
+    Ok(())
+}
+
+/// Seals `bufs` (up to `WRITE_MAX` bytes) as application-data records into
+/// `sealed[*end..]`, keeping the zeroed room past `end` for the next time;
+/// returns the plaintext bytes taken.
+fn seal_writes(
+    t: &mut Traffic,
+    bufs: &[IoSlice<'_>],
+    sealed: &mut Vec<u8>,
+    end: &mut usize,
+    tx: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let mut taken = 0;
+    for s in bufs {
+        for chunk in s.chunks(record::MAX_PLAINTEXT) {
+            let chunk = &chunk[..chunk.len().min(WRITE_MAX - taken)];
+            if chunk.is_empty() {
+                break;
             }
-            e => Short::Failed(e.to_string()),
-        }
-    }
-}
-
-impl From<EncodeError> for Short {
-    fn from(e: EncodeError) -> Self {
-        match e {
-            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                Short::Need(required_size)
-            }
-            e => Short::Failed(e.to_string()),
-        }
-    }
-}
-
-/// Where records go: `buf[..end]`. `buf` past `end` is room zeroed by an
-/// earlier use, so sealing does not clear memory each time.
-struct Sink<'a> {
-    buf: &'a mut Vec<u8>,
-    end: usize,
-}
-
-impl Sink<'_> {
-    /// Writes a record with `f`, given `room` bytes (more if rustls asks).
-    fn put(
-        &mut self,
-        mut room: usize,
-        mut f: impl FnMut(&mut [u8]) -> Result<usize, Short>,
-    ) -> io::Result<()> {
-        loop {
-            let want = self.end + room;
-            if self.buf.len() < want {
-                self.buf.resize(want, 0);
-            }
-            match f(&mut self.buf[self.end..want]) {
-                Ok(n) => {
-                    self.end += n;
-                    return Ok(());
+            if t.tx.seq() >= t.limit {
+                if !t.tls13 {
+                    return Err(io::Error::other(
+                        "the TLS 1.2 key has sealed all the records it may",
+                    ));
                 }
-                Err(Short::Need(need)) if need > room => room = need,
-                Err(Short::Need(need)) => {
-                    return Err(io::Error::other(format!("a TLS record needs {need} bytes")))
-                }
-                Err(Short::Failed(e)) => return Err(io::Error::other(e)),
+                // The KeyUpdate goes before this write's records: flush
+                // them first, in order, through `tx`.
+                tx.extend_from_slice(&sealed[..*end]);
+                *end = 0;
+                update_tx_key(t, tx)?;
+            }
+            let want = *end + Protection::sealed_len(chunk.len());
+            if sealed.len() < want {
+                sealed.resize(want, 0);
+            }
+            let n =
+                t.tx.seal(record::APPLICATION_DATA, chunk, &mut sealed[*end..want])
+                    .map_err(|a| refused("cannot seal a record", a))?;
+            *end += n;
+            taken += chunk.len();
+            if taken == WRITE_MAX {
+                return Ok(taken);
             }
         }
     }
+    Ok(taken)
+}
 
-    /// Copies a handshake record or alert rustls produced.
-    fn encode(&mut self, data: &mut EncodeTlsData<'_, ServerConnectionData>) -> io::Result<()> {
-        self.put(4096, |buf| data.encode(buf).map_err(Short::from))
+/// Feeds rustls the handshake records received: handshake records and
+/// alerts it produces are appended to `tx`; application data that came
+/// with the client's Finished goes to `plain`.
+fn advance(
+    conn: &mut UnbufferedServerConnection,
+    rx: &mut Vec<u8>,
+    rx_at: &mut usize,
+    plain: &mut Vec<u8>,
+    tx: &mut Vec<u8>,
+    read_done: &mut bool,
+) -> io::Result<Reached> {
+    loop {
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut rx[*rx_at..]);
+        let mut reached = None;
+        let mut refusal = None;
+        match state {
+            Err(e) => refusal = Some(e),
+            Ok(ConnectionState::ReadTraffic(mut records)) => {
+                while let Some(record) = records.next_record() {
+                    match record {
+                        Ok(r) => {
+                            discard += r.discard;
+                            plain.extend_from_slice(r.payload);
+                        }
+                        Err(e) => {
+                            refusal = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, tx)?,
+            Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
+            Ok(ConnectionState::BlockedHandshake) => reached = Some(Reached::Handshaking),
+            Ok(ConnectionState::WriteTraffic(_)) => reached = Some(Reached::Traffic),
+            Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+                *read_done = true;
+                reached = Some(Reached::Handshaking);
+            }
+            Ok(_) => {
+                // Early data is not enabled; nothing else is expected.
+                refusal = Some(rustls::Error::General("unexpected TLS state".into()));
+            }
+        }
+        *rx_at += discard;
+        if *rx_at == rx.len() {
+            rx.clear();
+            *rx_at = 0;
+        }
+        if let Some(e) = refusal {
+            queue_alerts(conn, &mut rx[*rx_at..], tx);
+            return Err(tls_error(e));
+        }
+        if let Some(r) = reached {
+            return Ok(r);
+        }
+    }
+}
+
+/// Copies a handshake record or alert rustls produced to the end of `out`.
+fn encode(data: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) -> io::Result<()> {
+    let start = out.len();
+    let mut room = 4096;
+    loop {
+        out.resize(start + room, 0);
+        match data.encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > room =>
+            {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
     }
 }
 
 /// After an error, rustls has queued the alert that tells the peer why:
-/// collects it (and nothing else) into `sink`. Only while rustls has records
+/// collects it (and nothing else) into `out`. Only while rustls has records
 /// queued: those are handed out before it would look at `rx` again, which a
 /// failed connection must not do. `rx` is the unprocessed input, as rustls
 /// expects it.
-fn queue_alerts(conn: &mut UnbufferedServerConnection, rx: &mut [u8], sink: &mut Sink<'_>) {
+fn queue_alerts(conn: &mut UnbufferedServerConnection, rx: &mut [u8], out: &mut Vec<u8>) {
     while conn.wants_write() {
         match conn.process_tls_records(rx).state {
             Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                if sink.encode(&mut data).is_err() {
+                if encode(&mut data, out).is_err() {
                     return;
                 }
             }
@@ -516,33 +673,45 @@ impl AsyncRead for TlsStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if this.plain_at < this.plain.len() {
-                let n = buf.remaining().min(this.plain.len() - this.plain_at);
-                buf.put_slice(&this.plain[this.plain_at..this.plain_at + n]);
-                this.plain_at += n;
-                if this.plain_at == this.plain.len() {
-                    this.plain.clear();
-                    this.plain_at = 0;
-                }
-                return Poll::Ready(Ok(()));
+        if this.plain_at < this.plain.len() {
+            let n = buf.remaining().min(this.plain.len() - this.plain_at);
+            buf.put_slice(&this.plain[this.plain_at..this.plain_at + n]);
+            this.plain_at += n;
+            if this.plain_at == this.plain.len() {
+                this.plain = Vec::new();
+                this.plain_at = 0;
             }
-            let before = buf.filled().len();
-            if this.rx_at < this.rx.len() {
-                let r = this.advance(Some(buf), Seal::Nothing, false);
-                // Tickets, alerts, a key update: sent as soon as possible.
-                if this.tx_at < this.tx.len() {
-                    if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
-                        return Poll::Ready(Err(e));
-                    }
-                }
-                if let Err(e) = r {
-                    this.send_now();
-                    return Poll::Ready(Err(e));
-                }
-                if buf.filled().len() > before || this.plain_at < this.plain.len() {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        loop {
+            if !this.ready.is_empty() {
+                let n = buf.remaining().min(this.ready.len());
+                buf.put_slice(&this.rx[this.ready.start..this.ready.start + n]);
+                this.ready.start += n;
+                if buf.remaining() == 0 {
                     return Poll::Ready(Ok(()));
                 }
+                if this.ready.is_empty() && this.rx_at == this.rx.len() {
+                    this.rx.clear();
+                    this.rx_at = 0;
+                    this.ready = 0..0;
+                }
+            }
+            let opened = this.open_next();
+            // A key update's answer or a warning: sent as soon as possible.
+            if this.tx_at < this.tx.len() {
+                if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            match opened {
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(true) => continue,
+                Ok(false) => {}
+            }
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
             }
             if this.read_done {
                 if this.truncated {
@@ -576,14 +745,15 @@ impl AsyncWrite for TlsStream {
         // What the socket did not take last time goes first: at most one
         // write's worth waits per connection.
         ready!(this.poll_flush_tx(cx))?;
-        let mut taken = 0;
-        let unread = this.plain.len();
-        this.advance(None, Seal::Data(bufs, &mut taken), true)?;
-        if this.plain.len() > unread {
-            // Records that were waiting were decrypted on the way: the
-            // reader may be parked on the socket, which will not wake it.
-            cx.waker().wake_by_ref();
-        }
+        let Tls::Traffic(t) = &mut this.tls else {
+            return Poll::Ready(Err(io::Error::other("the TLS connection has failed")));
+        };
+        let taken = SEALED.with_borrow_mut(|(sealed, end)| {
+            // Whatever an earlier call left (it failed half-way) is not this
+            // connection's to send.
+            *end = 0;
+            seal_writes(t, bufs, sealed, end, &mut this.tx)
+        })?;
         this.send_sealed(cx)?;
         Poll::Ready(Ok(taken))
     }
@@ -600,10 +770,15 @@ impl AsyncWrite for TlsStream {
         let this = self.get_mut();
         if !this.close_sent {
             this.close_sent = true;
-            // A connection rustls has failed has no close_notify to send.
-            if this.advance(None, Seal::CloseNotify, false).is_err() {
-                this.tx.clear();
-                this.tx_at = 0;
+            // A failed connection has no close_notify to send.
+            if let Tls::Traffic(t) = &mut this.tls {
+                seal_into_vec(
+                    &mut t.tx,
+                    record::ALERT,
+                    &[1, alert::CLOSE_NOTIFY],
+                    &mut this.tx,
+                )
+                .map_err(|a| refused("cannot seal close_notify", a))?;
             }
         }
         ready!(this.poll_flush_tx(cx))?;
