@@ -31,7 +31,7 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
 };
 use rustls::{ProtocolVersion, ServerConfig, SupportedCipherSuite};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::record::{self, alert, Protection, Refused};
@@ -189,10 +189,12 @@ impl TlsStream {
     /// Resolves when the client has sent something (or closed). The socket
     /// is peeked, not only asked: its readiness may be left over from the
     /// handshake's last read.
-    pub async fn input(&self) -> io::Result<()> {
+    pub async fn input(&mut self) -> io::Result<()> {
         if self.has_input() {
             return Ok(());
         }
+        // The session ticket, if it is still here: the client may wait.
+        poll_fn(|cx| self.poll_flush_tx(cx)).await?;
         self.tcp.peek(&mut [0u8; 1]).await.map(drop)
     }
 
@@ -221,16 +223,25 @@ impl TlsStream {
                     return Poll::Ready(Err(e));
                 }
             };
-            // The handshake's flight must leave before more is read (and the
-            // TLS 1.2 server Finished before the handshake counts as done).
-            ready!(self.poll_flush_tx(cx))?;
             match reached {
                 Reached::Traffic => {
+                    // What is queued now is TLS 1.3's session ticket: it
+                    // leaves with the first response, in the same write (or
+                    // before the connection waits for a request). TLS 1.2's
+                    // last flight must leave before the handshake counts as
+                    // done.
+                    let tls13 = matches!(&self.tls,
+                        Tls::Handshake(c) if c.protocol_version() == Some(ProtocolVersion::TLSv1_3));
+                    if !tls13 {
+                        ready!(self.poll_flush_tx(cx))?;
+                    }
                     self.start_traffic()?;
                     self.shed();
                     return Poll::Ready(Ok(()));
                 }
                 Reached::Handshaking => {
+                    // The handshake's flight must leave before more is read.
+                    ready!(self.poll_flush_tx(cx))?;
                     if self.read_done {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -330,13 +341,29 @@ impl TlsStream {
                 }
                 self.rx.reserve(READ_SIZE);
             }
-            match self.tcp.try_read_buf(&mut self.rx) {
-                Ok(0) => {
+            // A read that leaves room in the buffer has drained the socket:
+            // its readiness is cleared here, so the next wait registers
+            // without a read that fails first (one system call less per
+            // request). tokio clears only the readiness seen before the read:
+            // bytes that arrive during or after it keep the socket ready.
+            let room = self.rx.capacity() - self.rx.len();
+            let mut got = 0;
+            let read = self.tcp.try_io(Interest::READABLE, || {
+                got = self.tcp.try_read_buf(&mut self.rx)?;
+                if got > 0 && got < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match read {
+                Ok(()) if got == 0 => {
                     self.read_done = true;
                     self.truncated = true;
                     return Poll::Ready(Ok(0));
                 }
-                Ok(n) => return Poll::Ready(Ok(n)),
+                Ok(()) => return Poll::Ready(Ok(got)),
+                Err(_) if got > 0 => return Poll::Ready(Ok(got)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -474,11 +501,12 @@ impl TlsStream {
     /// Writes what was sealed into the thread's buffer; what the socket does
     /// not take now is kept in `tx`.
     fn send_sealed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let queued = self.tx_at < self.tx.len();
         SEALED.with_borrow_mut(|(sealed, end)| {
             let sealed_now = &sealed[..*end];
             *end = 0;
             let mut at = 0;
-            if self.tx_at == self.tx.len() {
+            if !queued {
                 while at < sealed_now.len() {
                     match Pin::new(&mut self.tcp).poll_write(cx, &sealed_now[at..]) {
                         Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
@@ -492,7 +520,15 @@ impl TlsStream {
                 self.tx.extend_from_slice(&sealed_now[at..]);
             }
             Ok(())
-        })
+        })?;
+        // What was queued (a session ticket, a key update) leaves with these
+        // records, in one write.
+        if queued {
+            if let Poll::Ready(Err(e)) = self.poll_flush_tx(cx) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -742,9 +778,11 @@ impl AsyncWrite for TlsStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        // What the socket did not take last time goes first: at most one
-        // write's worth waits per connection.
-        ready!(this.poll_flush_tx(cx))?;
+        // What the socket did not take goes first: past one write's worth
+        // waiting, the writer waits too.
+        if this.tx.len() - this.tx_at > WRITE_MAX {
+            ready!(this.poll_flush_tx(cx))?;
+        }
         let Tls::Traffic(t) = &mut this.tls else {
             return Poll::Ready(Err(io::Error::other("the TLS connection has failed")));
         };
