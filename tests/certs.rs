@@ -1152,6 +1152,52 @@ async fn a_tls13_handshake_sends_one_session_ticket_and_it_resumes() {
     );
 }
 
+/// The TLS 1.3 session ticket is not held back for a first response that
+/// never comes: a client that sends nothing after its handshake gets it within
+/// a second (portico writes it before the connection waits), and resumes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_nothing_after_its_handshake_still_gets_its_session_ticket() {
+    use tokio::io::AsyncReadExt;
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let store = Arc::new(CountingStore {
+        inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(16)),
+        tickets: AtomicUsize::new(0),
+    });
+    let mut cfg = client_config(p.roots(), &[b"http/1.1"], None);
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = Arc::new(cfg);
+    let mut tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    // Reading processes the ticket's record; no application data comes, so
+    // each read gives up after a short while.
+    let mut byte = [0u8; 1];
+    while store.tickets.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+        let read = tokio::time::timeout(Duration::from_millis(50), tls.read(&mut byte)).await;
+        assert!(read.is_err(), "nothing but the ticket arrives: {read:?}");
+    }
+    assert_eq!(
+        store.tickets.load(Ordering::SeqCst),
+        1,
+        "the ticket within 1 s"
+    );
+    let again = connect_with(p.tls_addr, &cfg)
+        .await
+        .expect("second handshake");
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert_eq!(
+        get_over(again, "/resumed", None)
+            .await
+            .expect("request")
+            .status,
+        200
+    );
+    drop(tls);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_cert_rotation_keeps_session_resumption() {
     let up = hello_upstream().await;
