@@ -223,7 +223,7 @@ impl TlsAcceptor {
             local_port,
             sni: settled.sni,
             tls_version: if settled.tls13 { "TLSv1.3" } else { "TLSv1.2" },
-            h2: settled.alpn.as_deref() == Some(b"h2"),
+            h2: settled.h2,
             xfcc: settled.client_cert.and_then(|leaf| xfcc(leaf.as_ref())),
         };
         Ok((stream, info))

@@ -13,8 +13,6 @@ use aws_lc_rs::aead::{
 };
 use rustls::ConnectionTrafficSecrets;
 
-/// Record content types.
-pub const CHANGE_CIPHER_SPEC: u8 = 20;
 /// An alert record.
 pub const ALERT: u8 = 21;
 /// A handshake record.

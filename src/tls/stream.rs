@@ -70,8 +70,8 @@ pub fn saw_sni(name: Option<&str>) {
 pub struct Settled {
     /// TLS 1.3 (else 1.2).
     pub tls13: bool,
-    /// The protocol ALPN chose.
-    pub alpn: Option<Vec<u8>>,
+    /// ALPN chose HTTP/2.
+    pub h2: bool,
     /// The client's verified certificate.
     pub client_cert: Option<CertificateDer<'static>>,
     /// The SNI the client sent.
@@ -264,7 +264,7 @@ impl TlsStream {
         let sni = self.sni.take();
         self.settled = Some(Settled {
             tls13,
-            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            h2: conn.alpn_protocol() == Some(b"h2"),
             client_cert: conn
                 .peer_certificates()
                 .and_then(|c| c.first())
