@@ -85,38 +85,18 @@ pub struct Opened {
 impl Protection {
     /// From rustls's secrets for one direction, starting at `seq`.
     pub fn new(tls13: bool, seq: u64, secrets: ConnectionTrafficSecrets) -> Result<Self, String> {
-        let (alg, key, iv, format) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (
-                &AES_128_GCM,
-                key,
-                iv,
-                if tls13 {
-                    Format::Tls13
-                } else {
-                    Format::Tls12Gcm
-                },
-            ),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (
-                &AES_256_GCM,
-                key,
-                iv,
-                if tls13 {
-                    Format::Tls13
-                } else {
-                    Format::Tls12Gcm
-                },
-            ),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (
-                &CHACHA20_POLY1305,
-                key,
-                iv,
-                if tls13 {
-                    Format::Tls13
-                } else {
-                    Format::Tls12Chacha
-                },
-            ),
+        let (alg, key, iv, chacha) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv, false),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv, false),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&CHACHA20_POLY1305, key, iv, true)
+            }
             _ => return Err("unsupported cipher suite for record protection".into()),
+        };
+        let format = match (tls13, chacha) {
+            (true, _) => Format::Tls13,
+            (false, false) => Format::Tls12Gcm,
+            (false, true) => Format::Tls12Chacha,
         };
         let key =
             UnboundKey::new(alg, key.as_ref()).map_err(|_| "unusable traffic key".to_string())?;
