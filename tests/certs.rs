@@ -1122,17 +1122,23 @@ impl rustls::client::ClientSessionStore for CountingStore {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls13_handshake_sends_one_session_ticket_and_it_resumes() {
-    let up = hello_upstream().await;
-    let p = start(&up.url(), |_, _, _| {}).await;
+/// An HTTP/1.1 client configuration whose session store counts the TLS 1.3
+/// tickets it is given.
+fn counting_client(roots: RootCertStore) -> (Arc<CountingStore>, Arc<ClientConfig>) {
     let store = Arc::new(CountingStore {
         inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(16)),
         tickets: AtomicUsize::new(0),
     });
-    let mut cfg = client_config(p.roots(), &[b"http/1.1"], None);
+    let mut cfg = client_config(roots, &[b"http/1.1"], None);
     cfg.resumption = rustls::client::Resumption::store(store.clone());
-    let cfg = Arc::new(cfg);
+    (store, Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls13_handshake_sends_one_session_ticket_and_it_resumes() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let (store, cfg) = counting_client(p.roots());
     for (path, kind) in [
         ("/full", rustls::HandshakeKind::Full),
         ("/resumed", rustls::HandshakeKind::Resumed),
@@ -1160,13 +1166,7 @@ async fn a_client_that_sends_nothing_after_its_handshake_still_gets_its_session_
     use tokio::io::AsyncReadExt;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
-    let store = Arc::new(CountingStore {
-        inner: Arc::new(rustls::client::ClientSessionMemoryCache::new(16)),
-        tickets: AtomicUsize::new(0),
-    });
-    let mut cfg = client_config(p.roots(), &[b"http/1.1"], None);
-    cfg.resumption = rustls::client::Resumption::store(store.clone());
-    let cfg = Arc::new(cfg);
+    let (store, cfg) = counting_client(p.roots());
     let mut tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     // Reading processes the ticket's record; no application data comes, so

@@ -302,7 +302,7 @@ impl TlsStream {
     /// Sends a fatal alert (best effort) and fails the connection.
     fn fail(&mut self, what: &str, a: Refused) -> io::Error {
         if let Tls::Traffic(t) = &mut self.tls {
-            let _ = seal_into_vec(&mut t.tx, record::ALERT, &[2, a.0], &mut self.tx);
+            let _ = t.alert(2, a.0, &mut self.tx);
         }
         self.tls = Tls::Failed;
         self.send_now();
@@ -475,13 +475,7 @@ impl TlsStream {
             record::HANDSHAKE => {
                 // A TLS 1.2 client asking to renegotiate: refused with a
                 // warning, as rustls does; the connection stays usable.
-                seal_into_vec(
-                    &mut t.tx,
-                    record::ALERT,
-                    &[1, alert::NO_RENEGOTIATION],
-                    &mut self.tx,
-                )
-                .map_err(|a| refused("cannot seal an alert", a))?;
+                t.alert(1, alert::NO_RENEGOTIATION, &mut self.tx)?;
             }
             _ => {
                 return Err(self.fail(
@@ -529,6 +523,14 @@ impl TlsStream {
             }
         }
         Ok(())
+    }
+}
+
+impl Traffic {
+    /// Queues an alert (`level` 1 warning, 2 fatal) at the end of `out`.
+    fn alert(&mut self, level: u8, desc: u8, out: &mut Vec<u8>) -> io::Result<()> {
+        seal_into_vec(&mut self.tx, record::ALERT, &[level, desc], out)
+            .map_err(|a| refused("cannot seal an alert", a))
     }
 }
 
@@ -810,13 +812,7 @@ impl AsyncWrite for TlsStream {
             this.close_sent = true;
             // A failed connection has no close_notify to send.
             if let Tls::Traffic(t) = &mut this.tls {
-                seal_into_vec(
-                    &mut t.tx,
-                    record::ALERT,
-                    &[1, alert::CLOSE_NOTIFY],
-                    &mut this.tx,
-                )
-                .map_err(|a| refused("cannot seal close_notify", a))?;
+                t.alert(1, alert::CLOSE_NOTIFY, &mut this.tx)?;
             }
         }
         ready!(this.poll_flush_tx(cx))?;
