@@ -17,6 +17,7 @@ use crate::tls::TlsAcceptor;
 /// Accepts until the drain closes the listener.
 pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Shared>) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let inherits_nodelay = nodelay_on_listener(&listener);
     let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
     let mut phase = shared.drain.subscribe();
     loop {
@@ -42,7 +43,9 @@ pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Share
             },
             _ = reached(&mut phase, Phase::Closing) => return,
         };
-        let _ = tcp.set_nodelay(true);
+        if !inherits_nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
         let tls = tls.clone();
         let shared = shared.clone();
         let guard = shared.drain.track();
@@ -77,7 +80,36 @@ pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Share
     }
 }
 
+/// Sets TCP_NODELAY on the listening socket; true where accepted sockets
+/// inherit it (Linux copies the listener's socket into each accepted one), so
+/// that no connection needs a system call of its own for it.
+fn nodelay_on_listener(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok()
+}
+
 fn is_resource_exhaustion(e: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM.
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_whether_inherited_or_set() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let inherits = nodelay_on_listener(&listener);
+        assert_eq!(inherits, cfg!(target_os = "linux"));
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        if !inherits {
+            tcp.set_nodelay(true).expect("nodelay");
+        }
+        assert!(tcp.nodelay().expect("read TCP_NODELAY"));
+    }
 }

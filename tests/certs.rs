@@ -1198,6 +1198,58 @@ async fn a_client_that_sends_nothing_after_its_handshake_still_gets_its_session_
     drop(tls);
 }
 
+/// A client whose request comes with its handshake's Finished gets the TLS 1.3
+/// session ticket with the response, in the same write, not in a write of its
+/// own while the primary works: here nothing reaches the client's socket
+/// during the primary's 600 ms, then the response and the ticket do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_ticket_leaves_with_the_first_response_not_before_it() {
+    use std::io::{Read, Write};
+    let up = upstream_with(false, |_| async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        http::Response::new(Full::new(Bytes::from_static(b"slow hello")))
+    })
+    .await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let (store, cfg) = counting_client(p.roots());
+    let addr = p.tls_addr;
+    // rustls's blocking API: a request written before the handshake ends
+    // leaves in the same write as the client's Finished.
+    let (early, response) = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = rustls::ClientConnection::new(cfg, name).expect("client");
+        tls.writer()
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .expect("request");
+        while tls.is_handshaking() || tls.wants_write() {
+            tls.complete_io(&mut tcp).expect("handshake");
+        }
+        tcp.set_read_timeout(Some(Duration::from_millis(400)))
+            .expect("timeout");
+        let early = tcp.peek(&mut [0u8; 1]);
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut response = Vec::new();
+        let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+        let read = stream.read_to_end(&mut response);
+        (early.map_err(|e| e.kind()), read.map(|_| response))
+    })
+    .await
+    .expect("client");
+    assert!(
+        matches!(
+            early,
+            Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "no bytes (no lone ticket) before the response: {early:?}"
+    );
+    let response = String::from_utf8(response.expect("response")).expect("utf-8");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("slow hello"), "{response}");
+    assert_eq!(store.tickets.load(Ordering::SeqCst), 1, "the ticket came");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_cert_rotation_keeps_session_resumption() {
     let up = hello_upstream().await;

@@ -111,6 +111,9 @@ pub struct TlsStream {
     /// Ciphertext the socket has not taken yet: `tx[tx_at..]`.
     tx: Vec<u8>,
     tx_at: usize,
+    /// How many bytes at the front of `tx` are TLS 1.3's session ticket,
+    /// held back from a flush so that it leaves in the next write.
+    ticket: usize,
     /// close_notify (or the end of the stream) has been read.
     read_done: bool,
     /// The TCP stream ended without close_notify.
@@ -163,6 +166,7 @@ impl TlsStream {
             plain_at: 0,
             tx: Vec::new(),
             tx_at: 0,
+            ticket: 0,
             read_done: false,
             truncated: false,
             close_sent: false,
@@ -232,7 +236,9 @@ impl TlsStream {
                     // done.
                     let tls13 = matches!(&self.tls,
                         Tls::Handshake(c) if c.protocol_version() == Some(ProtocolVersion::TLSv1_3));
-                    if !tls13 {
+                    if tls13 {
+                        self.ticket = self.tx.len() - self.tx_at;
+                    } else {
                         ready!(self.poll_flush_tx(cx))?;
                     }
                     self.start_traffic()?;
@@ -381,6 +387,7 @@ impl TlsStream {
         // Freed, not kept: an idle connection holds no send buffer.
         self.tx = Vec::new();
         self.tx_at = 0;
+        self.ticket = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -736,9 +743,12 @@ impl AsyncRead for TlsStream {
                     this.ready = 0..0;
                 }
             }
+            let queued = this.tx.len();
             let opened = this.open_next();
             // A key update's answer or a warning: sent as soon as possible.
-            if this.tx_at < this.tx.len() {
+            // A session ticket still queued is not: the client has sent a
+            // request, so the ticket leaves with the answer, in its write.
+            if this.tx.len() > queued {
                 if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
                     return Poll::Ready(Err(e));
                 }
@@ -803,7 +813,15 @@ impl AsyncWrite for TlsStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_flush_tx(cx)
+        let this = self.get_mut();
+        // hyper flushes while it waits for its service's answer: a session
+        // ticket alone waits for that answer and leaves in its write (one
+        // system call less per new connection). If no answer ever comes,
+        // the client has no use for the ticket.
+        if this.tx_at == 0 && this.tx.len() == this.ticket {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_flush_tx(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
