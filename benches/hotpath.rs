@@ -92,6 +92,7 @@ fn headers(c: &mut Criterion) {
     let client: IpAddr = "192.0.2.7".parse().expect("ip");
     let client6: IpAddr = "2001:db8::7".parse().expect("ip");
     let host = HeaderValue::from_static("app.example.com:8443");
+    let port = HeaderValue::from(8443u16);
     let mut with_id = base.clone();
     with_id.insert(
         &X_REQUEST_ID,
@@ -112,14 +113,14 @@ fn headers(c: &mut Criterion) {
     g.bench_function("add_forwarded_v4", |b| {
         b.iter_batched_ref(
             || base.clone(),
-            |h| add_forwarded(h, client, Some(&host), 8443),
+            |h| add_forwarded(h, client, Some(&host), &port),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("add_forwarded_v6", |b| {
         b.iter_batched_ref(
             || base.clone(),
-            |h| add_forwarded(h, client6, Some(&host), 8443),
+            |h| add_forwarded(h, client6, Some(&host), &port),
             BatchSize::SmallInput,
         )
     });
@@ -135,7 +136,7 @@ fn headers(c: &mut Criterion) {
             |h| {
                 let id = request_id(h);
                 strip_hop_by_hop(h, false, false);
-                add_forwarded(h, client, Some(&host), 8443);
+                add_forwarded(h, client, Some(&host), &port);
                 h.insert(&X_REQUEST_ID, id);
             },
             BatchSize::SmallInput,

@@ -16,7 +16,7 @@ use crate::tls::TlsAcceptor;
 
 /// Accepts until the drain closes the listener.
 pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Shared>) {
-    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let port = http::HeaderValue::from(listener.local_addr().map(|a| a.port()).unwrap_or(0));
     let inherits_nodelay = nodelay_on_listener(&listener);
     let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
     let mut phase = shared.drain.subscribe();
@@ -47,6 +47,7 @@ pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Share
             let _ = tcp.set_nodelay(true);
         }
         let tls = tls.clone();
+        let port = port.clone();
         let shared = shared.clone();
         let guard = shared.drain.track();
         tokio::spawn(async move {
@@ -59,9 +60,7 @@ pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Share
             // an idle connection then holds a few pointers, not the
             // handshake's state (S5 in benches/).
             let serving =
-                match Box::pin(tls.accept(tcp, peer, local_port, shared.cfg.handshake_timeout))
-                    .await
-                {
+                match Box::pin(tls.accept(tcp, peer, port, shared.cfg.handshake_timeout)).await {
                     Ok((stream, info)) => {
                         m.handshake(true);
                         Some(server::serve(stream, Arc::new(info), shared.clone()))

@@ -36,8 +36,9 @@ use stream::TlsStream;
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
-    /// The TLS listener's port (for `X-Forwarded-Port` and redirects).
-    pub local_port: u16,
+    /// The TLS listener's port, as `X-Forwarded-Port` gives it (built once
+    /// per listener: cloning it allocates nothing).
+    pub port: HeaderValue,
     /// The SNI the client sent.
     pub sni: Option<Box<str>>,
     /// `TLSv1.3` or `TLSv1.2`.
@@ -206,7 +207,7 @@ impl TlsAcceptor {
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-        local_port: u16,
+        port: HeaderValue,
         timeout: Duration,
     ) -> Result<(TlsStream, ConnInfo), HandshakeError> {
         let hs = TlsStream::accept(tcp, self.config.load_full());
@@ -220,7 +221,7 @@ impl TlsAcceptor {
         };
         let info = ConnInfo {
             peer,
-            local_port,
+            port,
             sni: settled.sni,
             tls_version: if settled.tls13 { "TLSv1.3" } else { "TLSv1.2" },
             h2: settled.h2,

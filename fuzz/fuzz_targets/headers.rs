@@ -202,7 +202,7 @@ fuzz_target!(|data: &[u8]| {
             prior.push_str(", ");
         }
     }
-    add_forwarded(&mut h, client, host.as_ref(), port);
+    add_forwarded(&mut h, client, host.as_ref(), &HeaderValue::from(port));
     let ip = client.to_string();
     let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
     assert_eq!(xff.len(), 1, "one X-Forwarded-For");

@@ -56,7 +56,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, te_trailers: bool) {
 }
 
 /// Sets `X-Forwarded-*` and appends to `X-Forwarded-For` and `Forwarded`.
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>, port: u16) {
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&HeaderValue>,
+    port: &HeaderValue,
+) {
     // This runs for every request: the address is formatted on the stack, and
     // each joined value is built once and handed to its HeaderValue uncopied.
     let mut buf = [0u8; 48];
@@ -76,7 +81,7 @@ pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValu
             h.remove(&XF_HOST);
         }
     }
-    h.insert(&XF_PORT, HeaderValue::from(port));
+    h.insert(&XF_PORT, port.clone());
 
     let host = host.and_then(|v| v.to_str().ok());
     let mut fwd = existing(
@@ -160,8 +165,12 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
 /// A fresh request id (UUID v4).
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // Owned by a shared `Bytes` from the start: the id is cloned into the
+    // request, the response and the log line, and a copied value would
+    // allocate again on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// The request id to use: the client's if valid, else a fresh one.
@@ -252,7 +261,12 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
         ]);
         let host = HeaderValue::from_static("app.example.com:8443");
-        add_forwarded(&mut h, "192.0.2.7".parse().expect("ip"), Some(&host), 8443);
+        add_forwarded(
+            &mut h,
+            "192.0.2.7".parse().expect("ip"),
+            Some(&host),
+            &HeaderValue::from_static("8443"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "app.example.com:8443");
@@ -266,11 +280,21 @@ mod tests {
     #[test]
     fn forwarded_headers_v6_no_host() {
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().expect("ip"), None, 443);
+        add_forwarded(
+            &mut h,
+            "::1".parse().expect("ip"),
+            None,
+            &HeaderValue::from_static("443"),
+        );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=https");
         let host = HeaderValue::from_static("example.com");
-        add_forwarded(&mut h, "::1".parse().expect("ip"), Some(&host), 443);
+        add_forwarded(
+            &mut h,
+            "::1".parse().expect("ip"),
+            Some(&host),
+            &HeaderValue::from_static("443"),
+        );
         assert_eq!(
             h["forwarded"],
             "for=\"[::1]\";proto=https, for=\"[::1]\";proto=https;host=example.com"
@@ -291,7 +315,12 @@ mod tests {
         for (sent, want) in cases {
             let mut h = HeaderMap::new();
             let host = HeaderValue::from_str(sent).expect("value");
-            add_forwarded(&mut h, "192.0.2.7".parse().expect("ip"), Some(&host), 443);
+            add_forwarded(
+                &mut h,
+                "192.0.2.7".parse().expect("ip"),
+                Some(&host),
+                &HeaderValue::from_static("443"),
+            );
             assert_eq!(
                 h["forwarded"],
                 format!("for=192.0.2.7;proto=https;{want}").as_str(),
