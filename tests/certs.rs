@@ -189,6 +189,26 @@ async fn connect_with(
         .await
 }
 
+/// A fresh connection with `cfg` that must be a `kind` handshake (full or
+/// resumed), and a GET of `path` on it that must answer 200.
+async fn get_after_handshake(
+    addr: std::net::SocketAddr,
+    cfg: &Arc<ClientConfig>,
+    kind: rustls::HandshakeKind,
+    path: &str,
+    what: &str,
+) {
+    let tls = connect_with(addr, cfg)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: handshake: {e}"));
+    assert_eq!(tls.get_ref().1.handshake_kind(), Some(kind), "{what}");
+    assert_eq!(
+        get_over(tls, path, None).await.expect("request").status,
+        200,
+        "{what}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Rotation of a kubelet-managed Secret
 
@@ -1005,35 +1025,22 @@ async fn client_ca_rotation_refuses_resumption_of_old_sessions_and_accepts_the_n
     let client1 = p.pki.client("client", &[], &[]);
     let cfg1 = Arc::new(client_config(p.roots(), &[b"http/1.1"], Some(&client1)));
 
-    let tls = connect_with(p.tls_addr, &cfg1)
-        .await
-        .expect("first handshake");
-    assert_eq!(
-        tls.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Full)
-    );
-    assert_eq!(
-        get_over(tls, "/1", None)
-            .await
-            .expect("first request")
-            .status,
-        200
-    );
-    let tls = connect_with(p.tls_addr, &cfg1)
-        .await
-        .expect("second handshake");
-    assert_eq!(
-        tls.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed),
-        "the session resumes"
-    );
-    assert_eq!(
-        get_over(tls, "/2", None)
-            .await
-            .expect("resumed request")
-            .status,
-        200
-    );
+    get_after_handshake(
+        p.tls_addr,
+        &cfg1,
+        rustls::HandshakeKind::Full,
+        "/1",
+        "first handshake",
+    )
+    .await;
+    get_after_handshake(
+        p.tls_addr,
+        &cfg1,
+        rustls::HandshakeKind::Resumed,
+        "/2",
+        "the session resumes",
+    )
+    .await;
     let hash1 = format!("Hash={};", sha256_hex(client1.leaf_der().as_ref()));
     assert!(
         xfcc_values(&up.last())[0].starts_with(&hash1),
@@ -1143,13 +1150,8 @@ async fn a_tls13_handshake_sends_one_session_ticket_and_it_resumes() {
         ("/full", rustls::HandshakeKind::Full),
         ("/resumed", rustls::HandshakeKind::Resumed),
     ] {
-        let tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
-        assert_eq!(tls.get_ref().1.handshake_kind(), Some(kind), "{path}");
         // Tickets come after the handshake: the response has been read past them.
-        assert_eq!(
-            get_over(tls, path, None).await.expect("request").status,
-            200
-        );
+        get_after_handshake(p.tls_addr, &cfg, kind, path, path).await;
     }
     assert_eq!(
         store.tickets.load(Ordering::SeqCst),
@@ -1181,20 +1183,14 @@ async fn a_client_that_sends_nothing_after_its_handshake_still_gets_its_session_
         1,
         "the ticket within 1 s"
     );
-    let again = connect_with(p.tls_addr, &cfg)
-        .await
-        .expect("second handshake");
-    assert_eq!(
-        again.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed)
-    );
-    assert_eq!(
-        get_over(again, "/resumed", None)
-            .await
-            .expect("request")
-            .status,
-        200
-    );
+    get_after_handshake(
+        p.tls_addr,
+        &cfg,
+        rustls::HandshakeKind::Resumed,
+        "/resumed",
+        "the ticket resumes",
+    )
+    .await;
     drop(tls);
 }
 
@@ -1255,24 +1251,22 @@ async fn server_cert_rotation_keeps_session_resumption() {
     let up = hello_upstream().await;
     let (p, _, secret) = start_with_secret(&up.url(), |_, _, _| {}).await;
     let cfg = Arc::new(client_config(p.roots(), &[b"http/1.1"], None));
-    let tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
-    assert_eq!(
-        tls.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Full)
-    );
-    assert_eq!(
-        get_over(tls, "/1", None).await.expect("request").status,
-        200
-    );
-    let tls = connect_with(p.tls_addr, &cfg).await.expect("handshake");
-    assert_eq!(
-        tls.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed)
-    );
-    assert_eq!(
-        get_over(tls, "/2", None).await.expect("request").status,
-        200
-    );
+    get_after_handshake(
+        p.tls_addr,
+        &cfg,
+        rustls::HandshakeKind::Full,
+        "/1",
+        "the first handshake is full",
+    )
+    .await;
+    get_after_handshake(
+        p.tls_addr,
+        &cfg,
+        rustls::HandshakeKind::Resumed,
+        "/2",
+        "the second resumes",
+    )
+    .await;
 
     let new = p.pki.server(&["localhost"]);
     kubelet_pair(&secret, &new);
@@ -1286,18 +1280,14 @@ async fn server_cert_rotation_keeps_session_resumption() {
     )
     .await;
 
-    let tls = connect_with(p.tls_addr, &cfg)
-        .await
-        .expect("handshake after rotation");
-    assert_eq!(
-        tls.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed),
-        "ticket keys survive a server certificate rotation"
-    );
-    assert_eq!(
-        get_over(tls, "/3", None).await.expect("request").status,
-        200
-    );
+    get_after_handshake(
+        p.tls_addr,
+        &cfg,
+        rustls::HandshakeKind::Resumed,
+        "/3",
+        "ticket keys survive a server certificate rotation",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
