@@ -49,6 +49,12 @@ const USER_CANCELED: u8 = 90;
 /// TLS 1.3 `key_update` handshake message type.
 const KEY_UPDATE: u8 = 24;
 
+/// `send` flag for bytes a FIN will follow at once (see `poll_send_before_fin`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const MORE_FLAG: libc::c_int = libc::MSG_MORE;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const MORE_FLAG: libc::c_int = 0;
+
 thread_local! {
     /// Records are sealed here and written from here: one buffer per thread;
     /// the records are `.0[...1]`.
@@ -385,6 +391,31 @@ impl TlsStream {
             }
         }
         // Freed, not kept: an idle connection holds no send buffer.
+        self.tx = Vec::new();
+        self.tx_at = 0;
+        self.ticket = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what is queued (close_notify, and whatever the socket has not
+    /// taken yet) for the shutdown that follows: `MSG_MORE` makes the kernel
+    /// hold the last bytes until the shutdown's FIN joins them, so they
+    /// leave in one packet instead of two. Nothing waits on the flag: the
+    /// shutdown, or the close if the shutdown never comes, sends them.
+    fn poll_send_before_fin(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.tx_at < self.tx.len() {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let tcp = &self.tcp;
+            let rest = &self.tx[self.tx_at..];
+            match tcp.try_io(Interest::WRITABLE, || {
+                socket2::SockRef::from(tcp).send_with_flags(rest, MORE_FLAG)
+            }) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.tx_at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
         self.tx = Vec::new();
         self.tx_at = 0;
         self.ticket = 0;
@@ -833,7 +864,7 @@ impl AsyncWrite for TlsStream {
                 t.alert(1, alert::CLOSE_NOTIFY, &mut this.tx)?;
             }
         }
-        ready!(this.poll_flush_tx(cx))?;
+        ready!(this.poll_send_before_fin(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
