@@ -37,6 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::agreement;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Method, Request, Response, StatusCode};
@@ -47,12 +48,15 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
 };
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
     ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+    WebPkiServerVerifier,
 };
+use rustls::crypto::{ActiveKeyExchange, SharedSecret, SupportedKxGroup};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, NamedGroup, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, NamedGroup, RootCertStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -336,7 +340,7 @@ fn client_config(t: &Target, alpn: &[u8], resume: bool) -> Arc<ClientConfig> {
     // X25519 only, so that every proxy does the same key exchange (rustls would
     // otherwise offer the post-quantum hybrid first, which OpenSSL 3.0 lacks).
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    provider.kx_groups = vec![*REUSED_X25519.get_or_init(ReusedX25519::new)];
     // AES-128-GCM first, as browsers, Go and rustls' own servers prefer: nginx and
     // HAProxy follow the client's order in TLS 1.3, portico its own, so all three
     // negotiate the same suite (the note in the table says which one).
@@ -346,10 +350,18 @@ fn client_config(t: &Target, alpn: &[u8], resume: bool) -> Arc<ClientConfig> {
         cs::TLS13_AES_256_GCM_SHA384,
         cs::TLS13_CHACHA20_POLY1305_SHA256,
     ];
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let webpki = WebPkiServerVerifier::builder_with_provider(t.roots.clone(), provider.clone())
+        .build()
+        .expect("a verifier for the bench's CA");
+    let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
-        .with_root_certificates(t.roots.clone())
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RememberingVerifier {
+            webpki,
+            checked: Mutex::default(),
+        }))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg.resumption = if resume {
@@ -358,6 +370,134 @@ fn client_config(t: &Target, alpn: &[u8], resume: bool) -> Arc<ClientConfig> {
         Resumption::disabled()
     };
     Arc::new(cfg)
+}
+
+/// The load client's certificate check: the full WebPKI check (chain and
+/// handshake signature) the first time a server shows a certificate, then a
+/// byte-for-byte match with one already checked for that name. ECDSA
+/// verification is twice the cost of the server's signature: two per handshake
+/// were a third of the client's CPU in S3, where the client, not the proxy
+/// under test, was the bottleneck (h2load and wrk check nothing at all).
+#[derive(Debug)]
+struct RememberingVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    checked: Mutex<Vec<(CertificateDer<'static>, ServerName<'static>)>>,
+}
+
+impl ServerCertVerifier for RememberingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let known = |checked: &Vec<(CertificateDer<'static>, ServerName<'static>)>| {
+            checked
+                .iter()
+                .any(|(c, n)| c.as_ref() == end_entity.as_ref() && n == server_name)
+        };
+        if known(&self.checked.lock().expect("verifier lock")) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let mut checked = self.checked.lock().expect("verifier lock");
+        if !known(&checked) {
+            checked.push((end_entity.clone().into_owned(), server_name.to_owned()));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let checked = self.checked.lock().expect("verifier lock");
+        if checked.iter().any(|(c, _)| c.as_ref() == cert.as_ref()) {
+            return Ok(HandshakeSignatureValid::assertion());
+        }
+        drop(checked);
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+static REUSED_X25519: std::sync::OnceLock<&'static ReusedX25519> = std::sync::OnceLock::new();
+
+/// The load client's X25519 key share: one key pair for every handshake, so
+/// the client does not pay a key generation per connection. The server still
+/// generates its own and does the full agreement; a load generator's secrets
+/// protect nothing.
+#[derive(Debug)]
+struct ReusedX25519 {
+    key: agreement::PrivateKey,
+    public: Vec<u8>,
+}
+
+impl ReusedX25519 {
+    fn new() -> &'static Self {
+        let key = agreement::PrivateKey::generate(&agreement::X25519).expect("an X25519 key");
+        let public = key
+            .compute_public_key()
+            .expect("its public key")
+            .as_ref()
+            .to_vec();
+        Box::leak(Box::new(Self { key, public }))
+    }
+}
+
+impl SupportedKxGroup for ReusedX25519 {
+    fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+        Ok(Box::new(ReusedShare(
+            REUSED_X25519.get().expect("initialised"),
+        )))
+    }
+
+    fn name(&self) -> NamedGroup {
+        NamedGroup::X25519
+    }
+}
+
+struct ReusedShare(&'static ReusedX25519);
+
+impl ActiveKeyExchange for ReusedShare {
+    fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
+        agreement::agree(
+            &self.0.key,
+            agreement::UnparsedPublicKey::new(&agreement::X25519, peer),
+            rustls::Error::from(rustls::PeerMisbehaved::InvalidKeyShare),
+            |secret| Ok(SharedSecret::from(secret)),
+        )
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        &self.0.public
+    }
+
+    fn group(&self) -> NamedGroup {
+        NamedGroup::X25519
+    }
 }
 
 /// A client session store that keeps up to 256 TLS 1.3 tickets per server.

@@ -5,6 +5,7 @@
 #
 #   bash benches/profile.sh S1        # or S2, S3E, S4D, ...
 #   TOP=30 BENCH_SECS=8 bash benches/profile.sh S2
+#   PORTICO_BIN=/tmp/other/portico PERF_RECORD_ARGS="--call-graph fp" PERF_KEEP=/tmp/p.data bash benches/profile.sh S3E
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
@@ -24,7 +25,7 @@ UP=$(port)
 BENCH_UPSTREAM_ONLY=$UP taskset -c 1 "$LOAD_BIN" 2>/dev/null &
 PIDS+=($!)
 P=$(port)
-taskset -c 0 target/release/portico --listen "127.0.0.1:$P" --upstream "http://127.0.0.1:$UP" \
+taskset -c 0 "${PORTICO_BIN:-target/release/portico}" --listen "127.0.0.1:$P" --upstream "http://127.0.0.1:$UP" \
     --tls-dir "$TMP/certs/ec" --tls-dir "$TMP/certs/rsa" --workers 1 --access-log off \
     --admin-listen off --log-level warn --ready-check none &
 PORTICO=$!
