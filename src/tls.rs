@@ -3,6 +3,7 @@
 //! turns a TCP stream into a TLS stream plus what the request stage needs to
 //! know about the connection.
 
+mod hkdf;
 pub mod record;
 pub mod san;
 pub mod stream;
@@ -75,7 +76,42 @@ pub fn provider() -> Arc<CryptoProvider> {
         _ => 5,
     };
     p.cipher_suites.sort_by_key(rank);
+    for s in &mut p.cipher_suites {
+        if let rustls::SupportedCipherSuite::Tls13(t) = s {
+            *t = with_our_key_schedule(t);
+        }
+    }
     Arc::new(p)
+}
+
+/// A TLS 1.3 suite of rustls's with `hkdf.rs`'s key schedule; each is made
+/// once per process (the suites are `'static` in rustls's API).
+fn with_our_key_schedule(
+    t: &'static rustls::Tls13CipherSuite,
+) -> &'static rustls::Tls13CipherSuite {
+    static MADE: std::sync::Mutex<Vec<&'static rustls::Tls13CipherSuite>> =
+        std::sync::Mutex::new(Vec::new());
+    let hkdf: &'static dyn rustls::crypto::tls13::Hkdf = match t.common.hash_provider.algorithm() {
+        rustls::crypto::hash::HashAlgorithm::SHA256 => &hkdf::HKDF_SHA256,
+        rustls::crypto::hash::HashAlgorithm::SHA384 => &hkdf::HKDF_SHA384,
+        _ => return t,
+    };
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = made.iter().find(|m| m.common.suite == t.common.suite) {
+        return m;
+    }
+    let ours: &'static rustls::Tls13CipherSuite = Box::leak(Box::new(rustls::Tls13CipherSuite {
+        common: rustls::CipherSuiteCommon {
+            suite: t.common.suite,
+            hash_provider: t.common.hash_provider,
+            confidentiality_limit: t.common.confidentiality_limit,
+        },
+        hkdf_provider: hkdf,
+        aead_alg: t.aead_alg,
+        quic: t.quic,
+    }));
+    made.push(ours);
+    ours
 }
 
 /// The client verification policy, rebuilt when `--client-ca` changes.
