@@ -49,9 +49,11 @@ const USER_CANCELED: u8 = 90;
 /// TLS 1.3 `key_update` handshake message type.
 const KEY_UPDATE: u8 = 24;
 
-/// `send` flag for bytes a FIN will follow at once (see `poll_send_before_fin`).
+/// `send` flags for bytes a FIN will follow at once (see
+/// `poll_send_before_fin`); a peer's reset is an error returned, as it is from
+/// std's own sends, not a SIGPIPE, whatever the process does with the signal.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-const MORE_FLAG: libc::c_int = libc::MSG_MORE;
+const MORE_FLAG: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const MORE_FLAG: libc::c_int = 0;
 
