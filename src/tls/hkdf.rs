@@ -4,8 +4,9 @@
 //! runs HKDF-Extract again inside every expansion (aws-lc-rs's `Prk` made by
 //! `Salt::extract` calls `HKDF()`, extract and expand, each time), and sets
 //! up a fresh HMAC key for every expansion. A full handshake expands its
-//! handshake and master secrets seven times: profiles of S3 (benches/) had
-//! HKDF at ~8 % of a handshake's CPU. Here rustls's own `HkdfUsingHmac`
+//! handshake and master secrets seven times: in a profile of S3E (benches/),
+//! SHA-256, HMAC and HKDF were 6.4 % of the proxy's samples, and 3.1 % with
+//! this module. Here rustls's own `HkdfUsingHmac`
 //! extracts once, and each expansion copies an HMAC state whose key pads are
 //! already hashed (RustCrypto's `hmac` over `sha2`, which uses the CPU's SHA
 //! instructions where it has them). The output is the same HKDF (RFC 5869).
