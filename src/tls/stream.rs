@@ -392,11 +392,16 @@ impl TlsStream {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        // Freed, not kept: an idle connection holds no send buffer.
+        self.sent_all();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Everything queued has left: the send buffer is freed, not kept (an
+    /// idle connection holds none), and no ticket is held back any more.
+    fn sent_all(&mut self) {
         self.tx = Vec::new();
         self.tx_at = 0;
         self.ticket = 0;
-        Poll::Ready(Ok(()))
     }
 
     /// Writes what is queued (close_notify, and whatever the socket has not
@@ -418,9 +423,7 @@ impl TlsStream {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        self.tx = Vec::new();
-        self.tx_at = 0;
-        self.ticket = 0;
+        self.sent_all();
         Poll::Ready(Ok(()))
     }
 
