@@ -1,10 +1,10 @@
 //! Record protection after the handshake: one direction's AEAD key, IV and
-//! sequence number, sealing and opening TLS 1.3 and TLS 1.2 records in place
+//! sequence number, sealing and opening TLS 1.3 and TLS 1.2 records
 //! (RFC 8446 section 5.2; RFC 5288 for TLS 1.2 AES-GCM, RFC 7905 for
 //! ChaCha20-Poly1305). rustls made the keys and keeps the secrets for key
-//! updates (`rustls::kernel`); the records are sealed straight into the
-//! buffer that is written and opened where they were read, with no copy in
-//! between.
+//! updates (`rustls::kernel`); records are sealed from the caller's plaintext
+//! straight into the buffer that is written, and opened in place where they
+//! were read, with no copy in between.
 
 use std::ops::Range;
 
@@ -146,18 +146,11 @@ impl Protection {
             return Err(Refused(alert::RECORD_OVERFLOW));
         }
         let len16 = u16::try_from(len).map_err(|_| Refused(alert::RECORD_OVERFLOW))?;
-        out[..HEADER].copy_from_slice(&[outer, 3, 3, (len16 >> 8) as u8, len16 as u8]);
-        out[body_at..body_at + plain.len()].copy_from_slice(plain);
-        if self.format == Format::Tls13 {
-            out[body_at + plain.len()] = typ;
-        }
+        let header = [outer, 3, 3, (len16 >> 8) as u8, len16 as u8];
+        out[..HEADER].copy_from_slice(&header);
         let mut aad12 = [0u8; 13];
         let aad: &[u8] = match self.format {
-            Format::Tls13 => {
-                let (h, _) = out.split_at(HEADER);
-                aad12[..HEADER].copy_from_slice(h);
-                &aad12[..HEADER]
-            }
+            Format::Tls13 => &header,
             Format::Tls12Gcm | Format::Tls12Chacha => {
                 tls12_aad(&mut aad12, self.seq, typ, plain.len());
                 &aad12
@@ -166,16 +159,26 @@ impl Protection {
         if self.format == Format::Tls12Gcm {
             out[HEADER..HEADER + EXPLICIT].copy_from_slice(&nonce[4..]);
         }
-        let (sealing, tag_out) = out[body_at..total].split_at_mut(inner);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
+        // The plaintext is encrypted from where the caller has it straight
+        // into the record: copying it in first and sealing in place cost a
+        // tenth of a bulk download's CPU (S4D). TLS 1.3's inner content type
+        // goes in after it, as the "extra" plaintext ahead of the tag.
+        let inner_type = [typ];
+        let extra: &[u8] = match self.format {
+            Format::Tls13 => &inner_type,
+            Format::Tls12Gcm | Format::Tls12Chacha => &[],
+        };
+        let (cipher, extra_and_tag) = out[body_at..total].split_at_mut(plain.len());
+        self.key
+            .seal_out_of_place_scatter(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                sealing,
+                plain,
+                cipher,
+                extra,
+                extra_and_tag,
             )
             .map_err(|_| Refused(alert::BAD_RECORD_MAC))?;
-        tag_out.copy_from_slice(tag.as_ref());
         self.seq = self
             .seq
             .checked_add(1)
