@@ -726,8 +726,9 @@ enum Work {
 }
 
 /// HTTP/1.1 keep-alive: `conns` connections each sending requests back to back,
-/// or, with `rate`, each on a fixed schedule (latency from the scheduled time, so
-/// a stall is not hidden by the client waiting: no coordinated omission).
+/// or, with `rate`, each on a fixed schedule (a request that waited for the one
+/// before it is timed from its scheduled time, so a stall is not hidden by the
+/// client waiting: no coordinated omission).
 async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tally, Option<u64>) {
     let cfg = client_config(t, b"http/1.1", false);
     let tls = TlsConnector::from(cfg);
@@ -760,6 +761,7 @@ async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tal
         tasks.spawn(async move {
             let mut tally = Tally::new();
             let mut next = interval.map(|iv| start + iv.mul_f64(i as f64 / conns as f64));
+            let mut prev_done = start;
             loop {
                 let now = Instant::now();
                 if now >= w.end {
@@ -769,7 +771,17 @@ async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tal
                     (Some(at), Some(iv)) => {
                         tokio::time::sleep_until(at.into()).await;
                         next = Some(at + iv);
-                        at
+                        // A request whose turn came while the one before it
+                        // was still out is timed from its turn (a stall is
+                        // not hidden). One whose connection was idle is timed
+                        // from when it is sent: tokio's timer wakes up to a
+                        // millisecond late, on the client's busy core, and
+                        // that lag is the client's, not the proxy's.
+                        if prev_done <= at {
+                            Instant::now()
+                        } else {
+                            at
+                        }
                     }
                     _ => now,
                 };
@@ -783,9 +795,10 @@ async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tal
                     drain(resp).await
                 }
                 .await;
+                prev_done = Instant::now();
                 match res {
                     Ok(_) => {
-                        tally.record(&w, from, Instant::now());
+                        tally.record(&w, from, prev_done);
                     }
                     Err(e) => {
                         tally.errors += 1;
@@ -801,6 +814,7 @@ async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tal
                                 sender = s2;
                             }
                         }
+                        prev_done = Instant::now();
                     }
                 }
             }
