@@ -314,8 +314,12 @@ where
             // hyper does not poll an answered request's future again.
             return Poll::Pending;
         };
-        resp.headers_mut()
-            .insert(&headers::X_REQUEST_ID, finish.request_id.clone());
+        // A fresh value on every response: in HPACK's table it would only
+        // evict entries that are sent again (content-type, server, ...), so
+        // h2 sends it as a literal that is never indexed.
+        let mut id = finish.request_id.clone();
+        id.set_sensitive(true);
+        resp.headers_mut().insert(&headers::X_REQUEST_ID, id);
         let kind = resp.extensions().get::<Answered>().map(|a| a.0);
         let route = finish.route;
         {

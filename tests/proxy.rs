@@ -512,6 +512,43 @@ async fn x_request_id_kept_when_valid_else_fresh_uuid_and_echoed_in_response() {
     assert_eq!(fresh.len(), 3, "each fresh id is new");
 }
 
+/// portico's `X-Request-Id` on h2 responses is sent as a never-indexed HPACK
+/// literal (a new value each time would only churn the table): over one
+/// connection, with the table in use, every response still carries its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_request_id_echoed_on_every_h2_response_of_one_connection() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let mut c = p.h2().await;
+    let mut fresh = Vec::new();
+    for i in 0..60 {
+        let mut r = Request::get(format!("https://localhost:{}/n{i}", p.tls_addr.port()));
+        let given = format!("given-{i}");
+        if i % 2 == 0 {
+            r = r.header("x-request-id", given.as_str());
+        }
+        let r = r.body(Full::new(Bytes::new())).expect("req");
+        c.ready().await.expect("h2 ready");
+        let got = collect(c.send_request(r).await.expect("resp")).await;
+        assert_eq!(got.status, 200, "request {i}");
+        let echoed = all(&got.headers, "x-request-id");
+        assert_eq!(echoed.len(), 1, "request {i}: {echoed:?}");
+        if i % 2 == 0 {
+            assert_eq!(echoed[0], given, "request {i}");
+        } else {
+            assert!(is_uuid(&echoed[0]), "request {i}: {:?}", echoed[0]);
+            fresh.push(echoed[0].clone());
+        }
+        // The response's other headers, indexed in the table once sent,
+        // still decode, and so does the body.
+        assert_eq!(got.header("content-length"), Some("19"), "request {i}");
+        assert_eq!(&got.body[..], b"hello from upstream", "request {i}");
+    }
+    fresh.sort();
+    fresh.dedup();
+    assert_eq!(fresh.len(), 30, "each fresh id is new");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_sent_x_forwarded_client_cert_is_always_removed() {
     let up = hello_upstream().await;
