@@ -135,12 +135,15 @@ impl Protection {
     /// returns the record's length.
     pub fn seal(&mut self, typ: u8, plain: &[u8], out: &mut [u8]) -> Result<usize, Refused> {
         let nonce = self.nonce();
-        let (outer, body_at, inner) = match self.format {
-            Format::Tls13 => (APPLICATION_DATA, HEADER, plain.len() + 1),
-            Format::Tls12Gcm => (typ, HEADER + EXPLICIT, plain.len()),
-            Format::Tls12Chacha => (typ, HEADER, plain.len()),
+        // TLS 1.3's inner content type is sealed after the plaintext, as the
+        // "extra" plaintext ahead of the tag.
+        let inner_type = [typ];
+        let (outer, body_at, extra): (u8, usize, &[u8]) = match self.format {
+            Format::Tls13 => (APPLICATION_DATA, HEADER, &inner_type),
+            Format::Tls12Gcm => (typ, HEADER + EXPLICIT, &[]),
+            Format::Tls12Chacha => (typ, HEADER, &[]),
         };
-        let len = body_at - HEADER + inner + TAG;
+        let len = body_at - HEADER + plain.len() + extra.len() + TAG;
         let total = HEADER + len;
         if plain.len() > MAX_PLAINTEXT || out.len() < total {
             return Err(Refused(alert::RECORD_OVERFLOW));
@@ -161,13 +164,7 @@ impl Protection {
         }
         // The plaintext is encrypted from where the caller has it straight
         // into the record: copying it in first and sealing in place cost a
-        // tenth of a bulk download's CPU (S4D). TLS 1.3's inner content type
-        // goes in after it, as the "extra" plaintext ahead of the tag.
-        let inner_type = [typ];
-        let extra: &[u8] = match self.format {
-            Format::Tls13 => &inner_type,
-            Format::Tls12Gcm | Format::Tls12Chacha => &[],
-        };
+        // tenth of a bulk download's CPU (S4D).
         let (cipher, extra_and_tag) = out[body_at..total].split_at_mut(plain.len());
         self.key
             .seal_out_of_place_scatter(
