@@ -536,7 +536,7 @@ struct Exchange {
     h1: bool,
     progress: Option<Arc<ReqProgress>>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    send: hyper_util::client::legacy::ResponseFuture,
+    req: Request<ReqBody>,
 }
 
 /// Checks the request and rewrites it for its upstream (header rules, target,
@@ -581,19 +581,12 @@ fn prepare(
     if let Some(h) = host {
         parts.headers.insert(header::HOST, h);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(upstream.base.clone())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return Err(Box::new(answer(ErrorKind::BadRequest, h1))),
+    // hyper writes the target as given: origin form, or authority form for
+    // CONNECT. The h2c client adds scheme and authority itself.
+    parts.uri = match parts.uri.path_and_query() {
+        _ if parts.method == Method::CONNECT => Uri::from(upstream.base.clone()),
+        Some(p) => Uri::from(p.clone()),
+        None => Uri::from_static("/"),
     };
     parts.version = if upstream.h2 {
         Version::HTTP_2
@@ -604,14 +597,13 @@ fn prepare(
         Some(p) => ReqBody::new(body, cfg.body_timeout, cfg.max_request_body, p.clone()),
         None => ReqBody::empty(),
     };
-    let send = upstream.client.request(Request::from_parts(parts, body));
     Ok(Exchange {
         upstream,
         route,
         h1,
         progress,
         client_upgrade,
-        send,
+        req: Request::from_parts(parts, body),
     })
 }
 
@@ -625,8 +617,9 @@ async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
         h1,
         progress,
         client_upgrade,
-        send,
+        req,
     } = x;
+    let send = upstream.send(req);
     let result = match (cfg.request_timeout, &progress) {
         (t, _) if t.is_zero() => send.await.map_err(Some),
         (t, None) => match tokio::time::timeout(t, send).await {
@@ -641,7 +634,7 @@ async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
         }
     };
 
-    let mut resp = match result {
+    let (mut resp, reuse) = match result {
         Ok(r) => r,
         Err(None) => {
             tracing::warn!(upstream = %upstream.addr, route = %shared.route_names[route],
@@ -692,7 +685,8 @@ async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
     } else {
         cfg.body_timeout
     };
-    Response::from_parts(parts, RespBody::upstream(body, body_timeout))
+    let reuse = if switching { None } else { reuse };
+    Response::from_parts(parts, RespBody::upstream(body, body_timeout, reuse))
 }
 
 async fn timeout_after_body(p: &ReqProgress, t: Duration) {

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,6 +22,9 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::error::ErrorKind;
 use crate::routing::UpstreamAddr;
 use crate::stack::body::{BodyError, ReqBody};
+
+mod pool;
+pub use pool::{H1Pool, Reuse};
 
 /// Why a connect failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,19 +186,39 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
-/// One primary: its address, the scheme and authority requests are sent with,
-/// and the pooled client.
+/// Why an exchange with the primary failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection.
+    #[error(transparent)]
+    Connect(ConnectError),
+    /// The HTTP/1.1 exchange failed.
+    #[error(transparent)]
+    Http(hyper::Error),
+    /// The h2c client failed.
+    #[error(transparent)]
+    Legacy(hyper_util::client::legacy::Error),
+}
+
+/// One primary: its address, the authority requests are sent with, and its
+/// connection pool.
 pub struct Upstream {
     /// Where it is.
     pub addr: UpstreamAddr,
-    /// `http://AUTHORITY` prefix for request URIs (the pool key).
+    /// The authority requests are sent with (h2c's `:authority`).
     pub base: http::uri::Authority,
     /// Speaks HTTP/2.
     pub h2: bool,
-    /// The pooled client.
-    pub client: Client<Connector, ReqBody>,
     /// A bare connector for readiness checks.
     pub connector: Connector,
+    client: Pooled,
+}
+
+/// HTTP/1.1 primaries get portico's own pool; h2c ones hyper-util's client,
+/// which multiplexes on one connection and replaces it when it goes away.
+enum Pooled {
+    H1(Arc<H1Pool>),
+    H2(Box<Client<Connector, ReqBody>>),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -201,6 +226,11 @@ impl std::fmt::Debug for Upstream {
         write!(f, "Upstream({})", self.addr)
     }
 }
+
+/// How long an upstream connection may sit idle: shorter than the keep-alive
+/// timeout of common app servers, so portico drops an idle connection before
+/// the primary does.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Upstream {
     /// Builds the client for `addr`.
@@ -212,35 +242,69 @@ impl Upstream {
             UpstreamAddr::Unix(_) => None,
         }
         .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
-        let mut b = Client::builder(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            // Shorter than the keep-alive timeout of common app servers, so
-            // portico drops an idle connection before the primary does.
-            .pool_idle_timeout(Duration::from_secs(30))
-            .set_host(false)
-            .retry_canceled_requests(true);
-        if h2 {
-            b.http2_only(true)
+        let client = if h2 {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .set_host(false)
+                .retry_canceled_requests(true)
+                .http2_only(true)
                 .http2_adaptive_window(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .http2_keep_alive_timeout(Duration::from_secs(10));
+            Pooled::H2(Box::new(b.build(connector.clone())))
         } else {
-            b.http1_max_buf_size(1 << 20);
-        }
+            Pooled::H1(Arc::new(H1Pool::new(connector.clone(), POOL_IDLE_TIMEOUT)))
+        };
         Self {
             addr: addr.clone(),
             base,
             h2,
-            client: b.build(connector.clone()),
             connector,
+            client,
+        }
+    }
+
+    /// Sends `req` (origin-form target) to this primary; with HTTP/1.1, the
+    /// connection to return to the pool when the response body has ended.
+    pub async fn send(
+        &self,
+        mut req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+        match &self.client {
+            Pooled::H1(pool) => pool.send(req).await.map(|(r, x)| (r, Some(x))),
+            Pooled::H2(client) => {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                if let Ok(u) = http::Uri::builder()
+                    .scheme("http")
+                    .authority(self.base.clone())
+                    .path_and_query(path)
+                    .build()
+                {
+                    *req.uri_mut() = u;
+                }
+                client
+                    .request(req)
+                    .await
+                    .map(|r| (r, None))
+                    .map_err(SendError::Legacy)
+            }
         }
     }
 }
 
 /// Maps a client error to its SPEC kind, with the detail for the log line.
-pub fn classify_error(e: &hyper_util::client::legacy::Error) -> ErrorKind {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+pub fn classify_error(e: &SendError) -> ErrorKind {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = match e {
+        SendError::Connect(c) => Some(c),
+        SendError::Http(h) => Some(h),
+        SendError::Legacy(l) => Some(l),
+    };
     while let Some(err) = src {
         if let Some(c) = err.downcast_ref::<ConnectError>() {
             return match c {
@@ -262,7 +326,7 @@ pub fn classify_error(e: &hyper_util::client::legacy::Error) -> ErrorKind {
         }
         src = err.source();
     }
-    if e.is_connect() {
+    if matches!(e, SendError::Legacy(l) if l.is_connect()) {
         ErrorKind::ConnectFailed
     } else {
         ErrorKind::UpstreamReset

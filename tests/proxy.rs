@@ -1253,6 +1253,8 @@ async fn binary_streams_1gib_each_way_without_buffering_whole_bodies() {
 // 7. Upstream keep-alive
 // ---------------------------------------------------------------------------
 
+/// A connection goes back to the pool when its response body ends, also when
+/// there is none (HEAD, 204), so sequential requests share one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1260,9 +1262,20 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     let accepted = Arc::new(AtomicUsize::new(0));
     let served = Arc::new(AtomicUsize::new(0));
     let served2 = served.clone();
-    let _srv = AbortOnDrop(serve_h1_counting(l, accepted.clone(), move |_r| {
+    let _srv = AbortOnDrop(serve_h1_counting(l, accepted.clone(), move |r| {
         let n = served2.fetch_add(1, Ordering::SeqCst) + 1;
-        Box::pin(async move { Response::new(Full::new(Bytes::from(format!("answer {n}")))) })
+        let empty = r.uri().path() == "/empty";
+        Box::pin(async move {
+            let mut resp = Response::new(Full::new(if empty {
+                Bytes::new()
+            } else {
+                Bytes::from(format!("answer {n}"))
+            }));
+            if empty {
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+            }
+            resp
+        })
     }));
     // No admin server, so no readiness probe connects: every accept is the pool's.
     let p = start(&format!("http://{addr}"), |cfg, _, _| {
@@ -1271,22 +1284,27 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     })
     .await;
     let mut c = p.h1().await;
-    for i in 1..=20 {
-        let got = send(
-            &mut c,
-            req("GET", &format!("/r/{i}"), "localhost", &[], b""),
-        )
-        .await;
-        assert_eq!(got.status, 200);
-        assert_eq!(got.text(), format!("answer {i}"));
+    for i in 1..=24 {
+        let (method, path) = match i % 4 {
+            1 => ("HEAD", format!("/r/{i}")),
+            2 => ("GET", "/empty".to_string()),
+            _ => ("GET", format!("/r/{i}")),
+        };
+        let got = send(&mut c, req(method, &path, "localhost", &[], b"")).await;
+        match (method, path.as_str()) {
+            (_, "/empty") => assert_eq!((got.status.as_u16(), got.text()), (204, String::new())),
+            ("HEAD", _) => assert_eq!((got.status.as_u16(), got.text()), (200, String::new())),
+            _ => assert_eq!(
+                (got.status.as_u16(), got.text()),
+                (200, format!("answer {i}"))
+            ),
+        }
     }
-    assert_eq!(served.load(Ordering::SeqCst), 20);
+    assert_eq!(served.load(Ordering::SeqCst), 24);
     let n = accepted.load(Ordering::SeqCst);
-    // One in practice; the pool puts a connection back from a spawned task, so
-    // under heavy load a second may open. Without reuse it would be 20.
-    assert!(
-        n <= 2,
-        "20 sequential requests opened {n} upstream connections"
+    assert_eq!(
+        n, 1,
+        "24 sequential requests opened {n} upstream connections"
     );
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::server::ConnActivity;
+use crate::upstream::Reuse;
 
 /// An error a body wrapper raises itself.
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +312,8 @@ pub struct RespBody {
     /// The client connection, told when the client stops taking this body.
     conn: Option<Arc<ConnActivity>>,
     watch: Option<Arc<ClientWatch>>,
+    /// The upstream connection, returned to its pool when the body has ended.
+    reuse: Option<Reuse>,
 }
 
 enum RespInner {
@@ -330,11 +333,12 @@ impl RespBody {
             permit: None,
             conn: None,
             watch: None,
+            reuse: None,
         }
     }
 
     /// The upstream's body, cut after `timeout` without a byte.
-    pub fn upstream(inner: Incoming, timeout: Duration) -> Self {
+    pub fn upstream(inner: Incoming, timeout: Duration, reuse: Option<Reuse>) -> Self {
         Self {
             inner: RespInner::Upstream(inner),
             timer: IdleTimer::new(timeout),
@@ -344,6 +348,7 @@ impl RespBody {
             permit: None,
             conn: None,
             watch: None,
+            reuse,
         }
     }
 
@@ -374,6 +379,11 @@ impl From<Bytes> for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
+        if let Some(r) = self.reuse.take() {
+            if self.complete || self.is_end_stream() {
+                r.put();
+            }
+        }
         if let Some(w) = self.watch.take() {
             w.stop();
         }
@@ -433,7 +443,12 @@ impl Body for RespBody {
                     }
                 }
             }
-            Poll::Ready(None) => this.complete = true,
+            Poll::Ready(None) => {
+                this.complete = true;
+                if let Some(r) = this.reuse.take() {
+                    r.put();
+                }
+            }
             _ => {}
         }
         polled
