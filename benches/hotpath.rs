@@ -3,13 +3,14 @@
 //! id). Run: `cargo bench --bench hotpath` (add a filter, e.g. `-- routing`).
 
 use std::hint::black_box;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use portico::routing::{host_without_port, Route, RouteTable, UpstreamAddr};
-use portico::stack::headers::{add_forwarded, request_id, strip_hop_by_hop, X_REQUEST_ID};
+use portico::stack::headers::{
+    add_forwarded, request_id, strip_hop_by_hop, ClientFor, X_REQUEST_ID,
+};
 
 const ROUTES: &[&str] = &[
     "/metrics=http://127.0.0.1:9090",
@@ -89,8 +90,9 @@ fn realistic_headers() -> HeaderMap {
 
 fn headers(c: &mut Criterion) {
     let base = realistic_headers();
-    let client: IpAddr = "192.0.2.7".parse().expect("ip");
-    let client6: IpAddr = "2001:db8::7".parse().expect("ip");
+    // Built once per connection, as portico does.
+    let client = ClientFor::new("192.0.2.7".parse().expect("ip"));
+    let client6 = ClientFor::new("2001:db8::7".parse().expect("ip"));
     let host = HeaderValue::from_static("app.example.com:8443");
     let port = HeaderValue::from(8443u16);
     let mut with_id = base.clone();
@@ -113,14 +115,14 @@ fn headers(c: &mut Criterion) {
     g.bench_function("add_forwarded_v4", |b| {
         b.iter_batched_ref(
             || base.clone(),
-            |h| add_forwarded(h, client, Some(&host), &port),
+            |h| add_forwarded(h, &client, Some(&host), &port),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("add_forwarded_v6", |b| {
         b.iter_batched_ref(
             || base.clone(),
-            |h| add_forwarded(h, client6, Some(&host), &port),
+            |h| add_forwarded(h, &client6, Some(&host), &port),
             BatchSize::SmallInput,
         )
     });
@@ -136,7 +138,7 @@ fn headers(c: &mut Criterion) {
             |h| {
                 let id = request_id(h);
                 strip_hop_by_hop(h, false, false);
-                add_forwarded(h, client, Some(&host), &port);
+                add_forwarded(h, &client, Some(&host), &port);
                 h.insert(&X_REQUEST_ID, id);
             },
             BatchSize::SmallInput,

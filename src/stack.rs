@@ -567,14 +567,17 @@ fn prepare(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
+    // Room for the forwarding headers and Host in one growth of the table,
+    // not one per header that crosses its load limit.
+    parts.headers.reserve(6);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade, upstream.h2);
-    parts.headers.remove(&headers::XFCC);
-    if let Some(x) = &conn.xfcc {
-        parts.headers.insert(&headers::XFCC, x.clone());
-    }
+    match &conn.xfcc {
+        Some(x) => parts.headers.insert(&headers::XFCC, x.clone()),
+        None => parts.headers.remove(&headers::XFCC),
+    };
     headers::add_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.client_for,
         host.as_ref(),
         &conn.port,
     );

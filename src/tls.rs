@@ -29,6 +29,7 @@ use x509_parser::prelude::*;
 
 use crate::certs::CertStore;
 use crate::config::{ClientAuth, Config};
+use crate::stack::headers::ClientFor;
 use san::{ClientIdentity, SanPattern};
 use stream::TlsStream;
 
@@ -37,6 +38,8 @@ use stream::TlsStream;
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's address as the forwarding headers carry it.
+    pub client_for: ClientFor,
     /// The TLS listener's port, as `X-Forwarded-Port` gives it (built once
     /// per listener: cloning it allocates nothing).
     pub port: HeaderValue,
@@ -257,6 +260,7 @@ impl TlsAcceptor {
         };
         let info = ConnInfo {
             peer,
+            client_for: ClientFor::new(peer.ip()),
             port,
             sni: settled.sni,
             tls_version: if settled.tls13 { "TLSv1.3" } else { "TLSv1.2" },

@@ -18,7 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use portico::stack::headers::{add_forwarded, request_id, strip_hop_by_hop, valid_request_id};
+use portico::stack::headers::{
+    add_forwarded, request_id, strip_hop_by_hop, valid_request_id, ClientFor,
+};
 
 const HOP: &[&str] = &[
     "connection",
@@ -202,7 +204,12 @@ fuzz_target!(|data: &[u8]| {
             prior.push_str(", ");
         }
     }
-    add_forwarded(&mut h, client, host.as_ref(), &HeaderValue::from(port));
+    add_forwarded(
+        &mut h,
+        &ClientFor::new(client),
+        host.as_ref(),
+        &HeaderValue::from(port),
+    );
     let ip = client.to_string();
     let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
     assert_eq!(xff.len(), 1, "one X-Forwarded-For");

@@ -20,6 +20,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers. `upgrade` keeps `Upgrade` and `Connection: upgrade`
 /// (a WebSocket handshake); `te_trailers` keeps `TE: trailers` (towards h2c).
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, te_trailers: bool) {
+    // Most messages carry none: one pass over the names (no hashing) instead
+    // of a removal, each hashing its name, per hop-by-hop header.
+    if !upgrade && !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -55,21 +60,65 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, te_trailers: bool) {
     }
 }
 
+/// The client's address as the forwarding headers carry it, formatted once per
+/// connection instead of on every request.
+#[derive(Clone, Debug)]
+pub struct ClientFor {
+    /// `X-Forwarded-For`'s element: the address.
+    xff: HeaderValue,
+    /// `Forwarded`'s element without a host: `for=192.0.2.7;proto=https`, or
+    /// `for="[2001:db8::1]";proto=https`.
+    forwarded: HeaderValue,
+}
+
+impl ClientFor {
+    /// The elements for a client at `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        let mut buf = [0u8; 48];
+        let text = ip_text(ip, &mut buf);
+        let forwarded = match ip {
+            IpAddr::V4(_) => format!("for={text};proto=https"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\";proto=https"),
+        };
+        let shared =
+            |s: String| owned_value(s).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            xff: shared(text.to_owned()),
+            forwarded: shared(forwarded),
+        }
+    }
+}
+
+/// Whether `n` is one of the hop-by-hop headers portico always looks for
+/// (headers named in `Connection` go only with `Connection` itself).
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    *n == header::CONNECTION
+        || *n == header::TRANSFER_ENCODING
+        || *n == header::TE
+        || *n == header::UPGRADE
+        || *n == KEEP_ALIVE
+        || *n == PROXY_CONNECTION
+}
+
 /// Sets `X-Forwarded-*` and appends to `X-Forwarded-For` and `Forwarded`.
 pub fn add_forwarded(
     h: &mut HeaderMap,
-    client: IpAddr,
+    client: &ClientFor,
     host: Option<&HeaderValue>,
     port: &HeaderValue,
 ) {
-    // This runs for every request: the address is formatted on the stack, and
-    // each joined value is built once and handed to its HeaderValue uncopied.
-    let mut buf = [0u8; 48];
-    let ip = ip_text(client, &mut buf);
-
-    let mut xff = existing(h, &XFF, ip.len());
-    xff.push_str(ip);
-    if let Ok(v) = owned_value(xff) {
+    // This runs for every request: values without an earlier hop's are the
+    // connection's, shared (cloning them allocates nothing); a joined value is
+    // built once and handed to its HeaderValue uncopied.
+    let xff = if h.contains_key(&XFF) {
+        let ip = client.xff.as_bytes();
+        let mut joined = existing(h, &XFF, ip.len());
+        joined.push_str(std::str::from_utf8(ip).unwrap_or_default());
+        owned_value(joined).ok()
+    } else {
+        Some(client.xff.clone())
+    };
+    if let Some(v) = xff {
         h.insert(&XFF, v);
     }
     h.insert(&XF_PROTO, HeaderValue::from_static("https"));
@@ -84,23 +133,22 @@ pub fn add_forwarded(
     h.insert(&XF_PORT, port.clone());
 
     let host = host.and_then(|v| v.to_str().ok());
-    let mut fwd = existing(
-        h,
-        &header::FORWARDED,
-        ip.len() + host.map_or(0, str::len) + 32,
-    );
-    match client {
-        IpAddr::V4(_) => {
-            fwd.push_str("for=");
-            fwd.push_str(ip);
-        }
-        IpAddr::V6(_) => {
-            fwd.push_str("for=\"[");
-            fwd.push_str(ip);
-            fwd.push_str("]\"");
-        }
+    let earlier = h.contains_key(header::FORWARDED);
+    if host.is_none() && !earlier {
+        h.insert(header::FORWARDED, client.forwarded.clone());
+        return;
     }
-    fwd.push_str(";proto=https");
+    let element = std::str::from_utf8(client.forwarded.as_bytes()).unwrap_or_default();
+    let mut fwd = if earlier {
+        existing(
+            h,
+            &header::FORWARDED,
+            element.len() + host.map_or(0, str::len) + 16,
+        )
+    } else {
+        String::with_capacity(element.len() + host.map_or(0, str::len) + 16)
+    };
+    fwd.push_str(element);
     if let Some(host) = host {
         // RFC 7239: a token, or else a quoted-string. Quoting (with `"` and `\`
         // escaped) also keeps a client's Host of `x,for=1.2.3.4` or `x;for=…`
@@ -263,7 +311,7 @@ mod tests {
         let host = HeaderValue::from_static("app.example.com:8443");
         add_forwarded(
             &mut h,
-            "192.0.2.7".parse().expect("ip"),
+            &ClientFor::new("192.0.2.7".parse().expect("ip")),
             Some(&host),
             &HeaderValue::from_static("8443"),
         );
@@ -282,7 +330,7 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded(
             &mut h,
-            "::1".parse().expect("ip"),
+            &ClientFor::new("::1".parse().expect("ip")),
             None,
             &HeaderValue::from_static("443"),
         );
@@ -291,7 +339,7 @@ mod tests {
         let host = HeaderValue::from_static("example.com");
         add_forwarded(
             &mut h,
-            "::1".parse().expect("ip"),
+            &ClientFor::new("::1".parse().expect("ip")),
             Some(&host),
             &HeaderValue::from_static("443"),
         );
@@ -317,7 +365,7 @@ mod tests {
             let host = HeaderValue::from_str(sent).expect("value");
             add_forwarded(
                 &mut h,
-                "192.0.2.7".parse().expect("ip"),
+                &ClientFor::new("192.0.2.7".parse().expect("ip")),
                 Some(&host),
                 &HeaderValue::from_static("443"),
             );
