@@ -1308,6 +1308,102 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// A primary may answer before it has read the request body (a 413, a
+/// redirect). Its connection is busy until the upload ends, so while a slow
+/// client is still uploading, the next request goes on another connection
+/// instead of waiting behind that upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_after_an_early_answer_does_not_wait_behind_the_unfinished_upload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepted2 = accepted.clone();
+    let _srv = AbortOnDrop(tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            accepted2.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    seen.extend_from_slice(&buf[..n]);
+                    // Answer each head at once; body bytes are read and ignored.
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                        seen.drain(..end + 4);
+                        let answer: &[u8] = if head.starts_with("post") {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh"
+                        };
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    seen.clear();
+                }
+            });
+        }
+    }));
+    let p = start(&format!("http://{addr}"), |cfg, _, _| {
+        cfg.admin_listen = None;
+        cfg.ready_check = portico::config::ReadyCheck::None;
+    })
+    .await;
+
+    // A client that sends 10 of the 100,000 bytes it announced, then waits.
+    let mut slow = tls_connect(
+        p.tls_addr,
+        "localhost",
+        client_config(p.roots(), &[b"http/1.1"], None),
+    )
+    .await
+    .expect("tls connect");
+    slow.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n0123456789",
+    )
+    .await
+    .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+            .await
+            .expect("early answer within 5 s")
+            .expect("read");
+        assert_ne!(
+            n,
+            0,
+            "closed before the early answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    let mut c = p.h1().await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(3),
+        send(&mut c, req("GET", "/next", "localhost", &[], b"")),
+    )
+    .await
+    .expect("the next request is answered while the upload is still unfinished");
+    assert_eq!(
+        (answer.status.as_u16(), answer.text()),
+        (200, "fresh".to_string())
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(slow);
+}
+
 /// A rustls client offering only `suite` (and only its protocol version).
 fn one_suite_config(
     roots: rustls::RootCertStore,

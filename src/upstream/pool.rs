@@ -42,8 +42,8 @@ pub struct Reuse {
 }
 
 impl Reuse {
-    /// Returns the connection to its pool. hyper may not have finished with
-    /// the response yet; the next user waits for the connection to be ready.
+    /// Returns the connection to its pool. hyper has usually finished with
+    /// the exchange by then; a checkout takes only a connection that is ready.
     pub fn put(self) {
         self.pool.put(self.tx);
     }
@@ -92,24 +92,33 @@ impl H1Pool {
         }
     }
 
+    /// The newest idle connection that is ready for a request. One whose
+    /// response ended while hyper still sends its request body (a primary
+    /// that answered early) stays in the pool: taking it would hold this
+    /// request behind that upload.
     fn pop(&self) -> Option<SendRequest<ReqBody>> {
+        let now = Instant::now();
         let mut idle = self.lock();
+        let mut busy = Vec::new();
+        let mut found = None;
         while let Some(i) = idle.pop_back() {
-            if i.since.elapsed() <= self.idle_timeout && !i.tx.is_closed() {
-                return Some(i.tx);
+            if now.saturating_duration_since(i.since) > self.idle_timeout || i.tx.is_closed() {
+                continue;
             }
+            if i.tx.is_ready() {
+                found = Some(i.tx);
+                break;
+            }
+            busy.push(i);
         }
-        None
+        idle.extend(busy.into_iter().rev());
+        found
     }
 
     /// A ready connection: an idle one, else a new one; `true` if reused.
     async fn checkout(self: &Arc<Self>) -> Result<(SendRequest<ReqBody>, bool), SendError> {
-        while let Some(mut tx) = self.pop() {
-            // Ready at once unless hyper is still finishing the response
-            // whose body end put it back; an error means it closed.
-            if tx.ready().await.is_ok() {
-                return Ok((tx, true));
-            }
+        if let Some(tx) = self.pop() {
+            return Ok((tx, true));
         }
         let io = self.connector.connect().await.map_err(SendError::Connect)?;
         let (tx, conn) = Builder::new()
