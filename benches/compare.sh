@@ -72,7 +72,6 @@ trap cleanup EXIT
 BENCH_WRITE_CERTS=$TMP/certs "$LOAD_BIN" >/dev/null
 export BENCH_CA=$TMP/certs/ca.pem
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP_PORT=$(free_port)
 BENCH_UPSTREAM_ONLY=$UP_PORT BENCH_CLIENT_CPU=$CLIENT_CPU taskset -c "$CLIENT_CPU" "$LOAD_BIN" 2>"$TMP/upstream.log" &
 UPSTREAM_PID=$!

@@ -18,13 +18,9 @@ LOAD_BIN=$(load_bin)
 TMP=$(mktemp -d /tmp/portico-profile.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-BENCH_WRITE_CERTS=$TMP/certs "$LOAD_BIN" >/dev/null
-UP=$(port)
-BENCH_UPSTREAM_ONLY=$UP taskset -c 1 "$LOAD_BIN" 2>/dev/null &
-PIDS+=($!)
-P=$(port)
+start_bench_upstream
+P=$(free_port)
 taskset -c 0 "${PORTICO_BIN:-target/release/portico}" --listen "127.0.0.1:$P" --upstream "http://127.0.0.1:$UP" \
     --tls-dir "$TMP/certs/ec" --tls-dir "$TMP/certs/rsa" --workers 1 --access-log off \
     --admin-listen off --log-level warn --ready-check none &

@@ -570,7 +570,7 @@ fn prepare(
     // Room for the forwarding headers and Host in one growth of the table,
     // not one per header that crosses its load limit.
     parts.headers.reserve(6);
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade, upstream.h2);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade, upstream.h2());
     match &conn.xfcc {
         Some(x) => parts.headers.insert(&headers::XFCC, x.clone()),
         None => parts.headers.remove(&headers::XFCC),
@@ -591,7 +591,7 @@ fn prepare(
         Some(p) => Uri::from(p.clone()),
         None => Uri::from_static("/"),
     };
-    parts.version = if upstream.h2 {
+    parts.version = if upstream.h2() {
         Version::HTTP_2
     } else {
         Version::HTTP_11

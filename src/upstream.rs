@@ -207,8 +207,6 @@ pub struct Upstream {
     pub addr: UpstreamAddr,
     /// The authority requests are sent with (h2c's `:authority`).
     pub base: http::uri::Authority,
-    /// Speaks HTTP/2.
-    pub h2: bool,
     /// A bare connector for readiness checks.
     pub connector: Connector,
     client: Pooled,
@@ -260,10 +258,14 @@ impl Upstream {
         Self {
             addr: addr.clone(),
             base,
-            h2,
             connector,
             client,
         }
+    }
+
+    /// Speaks HTTP/2 (h2c).
+    pub fn h2(&self) -> bool {
+        matches!(self.client, Pooled::H2(_))
     }
 
     /// Sends `req` (origin-form target) to this primary; with HTTP/1.1, the

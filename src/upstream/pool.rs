@@ -26,6 +26,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Idle too long to be used, or closed by the primary.
+    fn stale(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.since) > timeout || self.tx.is_closed()
+    }
+}
+
 /// Idle HTTP/1.1 connections to one primary, the most recently used last.
 pub struct H1Pool {
     idle: Mutex<VecDeque<Idle>>,
@@ -84,10 +91,7 @@ impl H1Pool {
     /// Drops connections idle for longer than `timeout`: they are the oldest,
     /// at the front.
     fn expire(idle: &mut VecDeque<Idle>, now: Instant, timeout: Duration) {
-        while idle
-            .front()
-            .is_some_and(|i| now.saturating_duration_since(i.since) > timeout || i.tx.is_closed())
-        {
+        while idle.front().is_some_and(|i| i.stale(now, timeout)) {
             idle.pop_front();
         }
     }
@@ -102,7 +106,7 @@ impl H1Pool {
         let mut busy = Vec::new();
         let mut found = None;
         while let Some(i) = idle.pop_back() {
-            if now.saturating_duration_since(i.since) > self.idle_timeout || i.tx.is_closed() {
+            if i.stale(now, self.idle_timeout) {
                 continue;
             }
             if i.tx.is_ready() {
@@ -136,13 +140,14 @@ impl H1Pool {
     }
 
     /// Closes connections left idle when no request comes to take or return
-    /// one; started with the first connection, ends with the pool.
+    /// one (within one and a half idle timeouts); started with the first
+    /// connection, ends with the pool.
     fn start_reaper(self: &Arc<Self>) {
         if self.reaper.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool: Weak<Self> = Arc::downgrade(self);
-        let every = self.idle_timeout.max(Duration::from_millis(10));
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -225,6 +230,18 @@ mod tests {
         (addr, rx)
     }
 
+    /// A pool with `idle_timeout` in front of a fresh [`primary`].
+    async fn pool_to_primary(
+        idle_timeout: Duration,
+    ) -> (
+        Arc<H1Pool>,
+        tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    ) {
+        let (addr, events) = primary().await;
+        let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
+        (Arc::new(H1Pool::new(c, idle_timeout)), events)
+    }
+
     async fn body(resp: Response<Incoming>, reuse: Reuse) -> String {
         use http_body_util::BodyExt;
         let b = resp.into_body().collect().await.expect("body").to_bytes();
@@ -234,9 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_comes_back_when_its_body_ends_and_is_taken_again() {
-        let (addr, mut events) = primary().await;
-        let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
-        let pool = Arc::new(H1Pool::new(c, Duration::from_secs(30)));
+        let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
         for _ in 0..5 {
             let (resp, reuse) = pool.send(get("/")).await.expect("answer");
             assert_eq!(resp.status(), 200);
@@ -249,9 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_idle_past_the_idle_timeout_is_closed_without_a_request() {
-        let (addr, mut events) = primary().await;
-        let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
-        let pool = Arc::new(H1Pool::new(c, Duration::from_millis(100)));
+        let (pool, mut events) = pool_to_primary(Duration::from_millis(100)).await;
         let (resp, reuse) = pool.send(get("/")).await.expect("answer");
         assert_eq!(body(resp, reuse).await, "ok");
         assert_eq!(events.recv().await, Some("accepted"));
@@ -262,9 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_whose_body_was_not_read_to_its_end_is_not_reused() {
-        let (addr, mut events) = primary().await;
-        let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
-        let pool = Arc::new(H1Pool::new(c, Duration::from_secs(30)));
+        let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
         let (resp, reuse) = pool.send(get("/")).await.expect("answer");
         drop((resp, reuse));
         assert_eq!(pool.idle_count(), 0);
