@@ -312,7 +312,8 @@ pub struct RespBody {
     /// The client connection, told when the client stops taking this body.
     conn: Option<Arc<ConnActivity>>,
     watch: Option<Arc<ClientWatch>>,
-    /// The upstream connection, returned to its pool when the body has ended.
+    /// The upstream connection, returned to its pool when the body is dropped
+    /// after its end.
     reuse: Option<Reuse>,
 }
 
@@ -379,6 +380,8 @@ impl From<Bytes> for RespBody {
 
 impl Drop for RespBody {
     fn drop(&mut self) {
+        // hyper drops a body as soon as it has ended; one dropped before its
+        // end leaves unread bytes on the connection, which is not reused.
         if let Some(r) = self.reuse.take() {
             if self.complete || self.is_end_stream() {
                 r.put();
@@ -443,12 +446,7 @@ impl Body for RespBody {
                     }
                 }
             }
-            Poll::Ready(None) => {
-                this.complete = true;
-                if let Some(r) = this.reuse.take() {
-                    r.put();
-                }
-            }
+            Poll::Ready(None) => this.complete = true,
             _ => {}
         }
         polled
