@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         };
         tracing::info!(
             tls = %app.tls_addr,
-            admin = ?app.admin_addr,
+            admin = %app.admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             version = env!("CARGO_PKG_VERSION"),
             "portico is serving"
         );

@@ -8,7 +8,6 @@ mod support;
 #[path = "../examples/primary.rs"]
 mod primary;
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,13 +40,6 @@ fn chromium() -> Option<&'static str> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 struct Kill(std::process::Child);
@@ -127,30 +119,27 @@ fn headless_chromium_loads_a_page_over_h2_and_a_websocket_through_portico() {
     let (_, parsed) = X509Certificate::from_der(leaf.as_ref()).expect("parse leaf");
     let spki = base64(&Sha256::digest(parsed.public_key().raw));
 
-    let port = free_port();
+    let log = dir.path().join("portico.log");
+    let stderr = std::fs::File::create(&log).expect("log file");
     let mut portico = Kill(
         Command::new(env!("CARGO_BIN_EXE_portico"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                "off",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
             .args(["--upstream", &format!("http://{primary_addr}")])
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("portico"),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "portico did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (addr, _) = support::wait_serving(
+        &log,
+        || portico.0.try_wait().expect("try_wait"),
+        Duration::from_secs(10),
+    );
+    let port = addr.port();
 
     let url = format!("https://localhost:{port}/");
     let profile = dir.path().join("profile");
@@ -188,10 +177,8 @@ fn headless_chromium_loads_a_page_over_h2_and_a_websocket_through_portico() {
     // The access log shows the browser spoke HTTP/2 to portico for the page and
     // upgraded an HTTP/1.1 connection for the WebSocket.
     let _ = portico.0.kill();
-    let mut log = String::new();
-    if let Some(mut e) = portico.0.stderr.take() {
-        let _ = e.read_to_string(&mut log);
-    }
+    let _ = portico.0.wait();
+    let log = std::fs::read_to_string(&log).expect("portico log");
     assert!(
         log.lines().any(|l| l.contains("path=/ ")
             && l.contains("proto=HTTP/2.0")

@@ -1303,14 +1303,6 @@ impl Drop for Child {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
     init();
@@ -1318,14 +1310,10 @@ async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let old = pki.server(&["localhost"]);
     let (cert, key) = old.write_to(dir.path());
-    let (port, admin_port) = (free_port(), free_port());
+    let log = dir.path().join("portico.log");
+    let stderr = std::fs::File::create(&log).expect("log file");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
@@ -1340,11 +1328,16 @@ async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn portico");
-    let child = Child(child);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut child = Child(child);
+    let (addr, admin) = wait_serving(
+        &log,
+        || child.0.try_wait().expect("try_wait"),
+        Duration::from_secs(5),
+    );
+    let admin = admin.expect("admin address in the serving line");
     wait_served(
         addr,
         &pki.roots(),
@@ -1379,7 +1372,6 @@ async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
         "SIGHUP reloads",
     )
     .await;
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     let m = plain_get(admin, "/metrics").await;
     assert_eq!(metric(&m.text(), RELOAD_OK), Some(1.0), "{}", m.text());
 }

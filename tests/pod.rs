@@ -951,11 +951,6 @@ async fn drain_timeout_0_turns_the_limit_off_and_waits_for_the_request() {
 
 // ---------------------------------------------------------------- 4. signals, through the binary
 
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 struct Bin {
     child: tokio::process::Child,
     tls: SocketAddr,
@@ -973,7 +968,6 @@ impl Bin {
         let (cert, key) = pki
             .server(&["localhost", "127.0.0.1"])
             .write_to(&dir.path().join("tls"));
-        let (tls, admin) = (free_port(), free_port());
         let log = dir.path().join("portico.log");
         let out = std::fs::File::create(&log).expect("log");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"));
@@ -982,27 +976,28 @@ impl Bin {
                 cmd.env_remove(k);
             }
         }
-        cmd.args([
-            "--listen",
-            &tls.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .args(["--upstream", upstream, "--workers", "2"])
-        .args(if extra.contains(&"--access-log") {
-            &[][..]
-        } else {
-            &["--access-log", "off"][..]
-        })
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .args(extra)
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .kill_on_drop(true);
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--upstream", upstream, "--workers", "2"])
+            .args(if extra.contains(&"--access-log") {
+                &[][..]
+            } else {
+                &["--access-log", "off"][..]
+            })
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args(extra)
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn portico");
+        let (tls, admin) = wait_serving(
+            &log,
+            || child.try_wait().expect("try_wait"),
+            Duration::from_secs(10),
+        );
+        let admin = admin.expect("admin address in the serving line");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(g) = try_plain_get(admin, "/healthz").await {

@@ -1156,16 +1156,11 @@ async fn binary_streams_1gib_each_way_without_buffering_whole_bodies() {
     let pki = Pki::new("portico stream CA");
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = pki.server(&["localhost"]).write_to(dir.path());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+    let log = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&log).expect("stderr file");
     let mut child = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
-            .arg("--listen")
-            .arg(addr.to_string())
+            .args(["--listen", "127.0.0.1:0"])
             .args(["--admin-listen", "off", "--access-log", "off"])
             .arg("--tls-cert")
             .arg(&cert)
@@ -1179,29 +1174,12 @@ async fn binary_streams_1gib_each_way_without_buffering_whole_bodies() {
             .expect("spawn portico"),
     );
     let pid = child.0.id();
+    let (addr, _) = wait_serving(
+        &log,
+        || child.0.try_wait().expect("try_wait"),
+        Duration::from_secs(30),
+    );
     let roots = pki.roots();
-    eventually(Duration::from_secs(30), "portico accepts TLS", || {
-        let roots = roots.clone();
-        let exited = child.0.try_wait().expect("try_wait");
-        let log = dir.path().join("stderr");
-        async move {
-            if let Some(status) = exited {
-                panic!(
-                    "portico exited {status}: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            tls_connect(
-                addr,
-                "localhost",
-                client_config(roots, &[b"http/1.1"], None),
-            )
-            .await
-            .ok()
-            .map(|_| ())
-        }
-    })
-    .await;
 
     let mut c = streaming_client(addr, roots).await;
     // Warm-up: pools, buffers and allocator arenas reach their working size.

@@ -17,7 +17,7 @@ mod support;
 use support::*;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,13 +39,6 @@ fn find_testssl() -> Option<String> {
                 .map(|p| p.display().to_string())
         })
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// An upstream that answers every request `200 ok` and closes.
@@ -106,31 +99,28 @@ fn testssl_finds_nothing_high_or_critical() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).expect("write CA");
     let up = tiny_upstream();
-    let port = free_port();
-
+    let log = dir.path().join("portico.log");
+    let stderr = std::fs::File::create(&log).expect("log file");
     let portico = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--upstream", &format!("http://{up}")])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
         .args(["--admin-listen", "off", "--access-log", "off"])
-        .args(["--log-level", "warn"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start portico");
-    let _portico = Kill(portico);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "portico did not listen on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut portico = Kill(portico);
+    let (addr, _) = support::wait_serving(
+        &log,
+        || portico.0.try_wait().expect("try_wait"),
+        Duration::from_secs(10),
+    );
+    let port = addr.port();
 
     let json = dir.path().join("testssl.json");
     let limit = Duration::from_secs(

@@ -470,6 +470,49 @@ pub async fn plain_request(addr: SocketAddr, method: http::Method, path: &str) -
     collect(send.send_request(req).await.expect("response")).await
 }
 
+/// The TLS and admin addresses (`None` when off) that a portico process
+/// reports in its "portico is serving" line, text or JSON; started on port 0,
+/// a test learns its ports here rather than racing other tests for a freed one.
+pub fn serving_addrs(log: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let line = log.lines().find(|l| l.contains("portico is serving"))?;
+    let field = |key: &str| -> Option<SocketAddr> {
+        let at = [format!("{key}="), format!("\"{key}\":\"")]
+            .iter()
+            .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))?;
+        let v: String = line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect();
+        v.parse().ok()
+    };
+    Some((field("tls")?, field("admin")))
+}
+
+/// Waits until the portico process logging to `log` says where it serves
+/// (see [`serving_addrs`]); panics with the log if `exited` reports an exit
+/// first or nothing comes `within`.
+pub fn wait_serving(
+    log: &Path,
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+    within: Duration,
+) -> (SocketAddr, Option<SocketAddr>) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addrs) = serving_addrs(&text) {
+            return addrs;
+        }
+        if let Some(status) = exited() {
+            panic!("portico exited {status} before serving:\n{text}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "portico did not report serving within {within:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls `f` until it returns `Some`, or panics after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where
