@@ -1930,8 +1930,8 @@ async fn upstream_sending_100_continue_then_dying_is_502_upstream_reset() {
 }
 
 /// SPEC 502 `bad-upstream-response`: an upstream that sends a huge header
-/// block (200 KiB in 2,000 lines; and a single 2 MiB header, past the 1 MiB
-/// portico buffers) gets a prompt 502, not a hang, though it holds its
+/// block (200 KiB in 2,000 lines; and a single 2 MiB header, far past the
+/// 64 KiB portico reads) gets a prompt 502, not a hang, though it holds its
 /// connection open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_sending_a_huge_header_block_is_502_bad_upstream_response() {
@@ -1974,6 +1974,39 @@ async fn upstream_sending_a_huge_header_block_is_502_bad_upstream_response() {
             "{what}: {:?}",
             started.elapsed()
         );
+    }
+}
+
+/// portico reads an upstream in steps of at most 64 KiB, which bounds the
+/// buffer an idle pooled connection keeps and the response head it takes
+/// (a read may land up to twice that): a 60 KiB header reaches the client
+/// intact, a 256 KiB one is SPEC's 502 `bad-upstream-response`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502() {
+    for (kib, status) in [(60usize, 200u16), (256, 502)] {
+        let value = Arc::new("v".repeat(kib * 1024));
+        let sent = value.clone();
+        let (url, _up) = raw_upstream(move |mut s| {
+            let value = sent.clone();
+            async move {
+                let head =
+                    format!("HTTP/1.1 200 OK\r\nx-big: {value}\r\ncontent-length: 2\r\n\r\nok");
+                let _ = s.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+        })
+        .await;
+        let p = start(&url, |_, _, _| {}).await;
+        let got = tokio::time::timeout(MS(3000), p.get("/"))
+            .await
+            .unwrap_or_else(|_| panic!("{kib} KiB head: an answer within 3s"));
+        assert_eq!(got.status, status, "{kib} KiB head");
+        if status == 200 {
+            assert_eq!(got.header("x-big"), Some(value.as_str()), "{kib} KiB head");
+            assert_eq!(got.text(), "ok");
+        } else {
+            assert_eq!(got.header("portico-error"), Some("bad-upstream-response"));
+        }
     }
 }
 

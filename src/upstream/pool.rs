@@ -20,6 +20,13 @@ use hyper_util::rt::TokioIo;
 use super::{Connector, SendError};
 use crate::stack::body::ReqBody;
 
+/// The most a connection reads at once, and so the largest response head it
+/// takes (Envoy's default limit is 60 KiB). hyper keeps the read buffer that
+/// the largest body reads grew to while the connection waits in the pool, so
+/// this bounds what an idle connection holds: at 1 MiB, connections that had
+/// carried large bodies kept about that much each.
+const READ_BUF_MAX: usize = 64 * 1024;
+
 /// An idle connection and when it went idle.
 struct Idle {
     tx: SendRequest<ReqBody>,
@@ -126,7 +133,7 @@ impl H1Pool {
         }
         let io = self.connector.connect().await.map_err(SendError::Connect)?;
         let (tx, conn) = Builder::new()
-            .max_buf_size(1 << 20)
+            .max_buf_size(READ_BUF_MAX)
             .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Http)?;
