@@ -20,11 +20,11 @@ use hyper_util::rt::TokioIo;
 use super::{Connector, SendError};
 use crate::stack::body::ReqBody;
 
-/// The most a connection reads at once, and so the largest response head it
-/// takes (Envoy's default limit is 60 KiB). hyper keeps the read buffer that
-/// the largest body reads grew to while the connection waits in the pool, so
-/// this bounds what an idle connection holds: at 1 MiB, connections that had
-/// carried large bodies kept about that much each.
+/// How far hyper grows a connection's read buffer; it also limits the
+/// response head (one read may fill up to twice this; Envoy's default head
+/// limit is 60 KiB). hyper keeps that buffer while the connection waits in
+/// the pool, so this bounds what an idle connection holds: at 1 MiB,
+/// connections that had carried large bodies kept about that much each.
 const READ_BUF_MAX: usize = 64 * 1024;
 
 /// An idle connection and when it went idle.
