@@ -256,7 +256,7 @@ fn dechunk_len(mut b: &[u8]) -> usize {
 /// is counted in `portico_upstream_errors_total{route,kind}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_refused_is_502_and_counted() {
-    let dead = dead_port().await;
+    let (dead, _hold) = dead_port().await;
     let p = start(&format!("http://{dead}"), |_, _, _| {}).await;
     let got = p.get("/x").await;
     assert_answer(&got, 502, "connect-refused", &[&dead.port().to_string()]);

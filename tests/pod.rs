@@ -201,7 +201,7 @@ async fn readyz_is_200_ready_with_a_live_upstream_and_tcp_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_naming_a_refused_upstream() {
-    let dead = dead_port().await;
+    let (dead, _hold) = dead_port().await;
     let url = format!("http://{dead}");
     let p = start(&url, |_, _, _| {}).await;
     let want = format!(
@@ -300,7 +300,7 @@ async fn readyz_http_check_needs_a_2xx_from_its_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_none_check_is_ready_even_with_a_dead_upstream() {
-    let dead = dead_port().await;
+    let (dead, _hold) = dead_port().await;
     let p = start(&format!("http://{dead}"), |cfg, _, _| {
         cfg.ready_check = portico::config::ReadyCheck::None;
     })
@@ -441,7 +441,7 @@ async fn metrics_is_prometheus_text_with_every_spec_family_and_its_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_requests_rise_by_exactly_n_per_route_labelled_with_the_route_spec_text() {
     let up = hello_upstream().await;
-    let dead = dead_port().await;
+    let (dead, _hold) = dead_port().await;
     let api = format!("/api={}", up.url());
     let gone = format!("/gone=http://{dead}");
     let (a, g) = (api.clone(), gone.clone());

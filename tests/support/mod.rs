@@ -372,12 +372,13 @@ pub async fn hello_upstream() -> Upstream {
     .await
 }
 
-/// A port on 127.0.0.1 where nothing listens (bound, then closed).
-pub async fn dead_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = l.local_addr().expect("addr");
-    drop(l);
-    a
+/// A port on 127.0.0.1 where nothing listens, and the socket that holds it:
+/// bound but not listening, so a connection is refused and, while the socket
+/// lives, no other test can take the port (a bound-then-closed one could be).
+pub async fn dead_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    (s.local_addr().expect("addr"), s)
 }
 
 /// portico running in this test's runtime.
