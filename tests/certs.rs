@@ -161,21 +161,28 @@ async fn get_over(
     }
 }
 
-/// A fresh connection (client certificate optional) and one GET; any failure is an `Err`.
+/// A fresh connection (client certificate optional) and one GET; any failure
+/// is an `Err`, and so is no outcome within 20 s (this once hung in CI with
+/// the connection gone, holding the run until its limit).
 async fn try_get(
     addr: std::net::SocketAddr,
     roots: RootCertStore,
     cert: Option<&Pair>,
     xfcc: Option<&str>,
 ) -> Result<Got, String> {
-    let tls = tls_connect(
-        addr,
-        "localhost",
-        client_config(roots, &[b"http/1.1"], cert),
-    )
-    .await
-    .map_err(|e| format!("TLS handshake: {e}"))?;
-    get_over(tls, "/", xfcc).await
+    let exchange = async {
+        let tls = tls_connect(
+            addr,
+            "localhost",
+            client_config(roots, &[b"http/1.1"], cert),
+        )
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+        get_over(tls, "/", xfcc).await
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .unwrap_or_else(|_| Err("no response and no error within 20 s".to_string()))
 }
 
 /// Connects with exactly this client configuration (its session store is reused).
