@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::shutdown::{reached, Phase};
 use crate::stack::{self, Shared};
-use crate::tls::stream::TlsStream;
+use crate::tls::stream::{Linger, TlsStream};
 use crate::tls::ConnInfo;
 
 /// A connection's request activity, shared by its I/O, its service and its
@@ -41,6 +41,9 @@ pub struct ConnActivity {
     awaiting_first_byte: AtomicBool,
     /// A response body waited `--body-timeout` for the client to take it.
     client_stalled: AtomicBool,
+    /// portico began the close itself (a drain, a timeout's GOAWAY), with no
+    /// request cut short: the close lingers only over bytes already sent.
+    closed_by_us: AtomicBool,
     /// Woken only for `client_stalled`, which must act at once.
     changed: Notify,
 }
@@ -63,6 +66,7 @@ impl ConnActivity {
             head_started: AtomicU64::new(0),
             awaiting_first_byte: AtomicBool::new(track_heads),
             client_stalled: AtomicBool::new(false),
+            closed_by_us: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -187,12 +191,12 @@ impl ConnActivity {
 }
 
 /// The client stream, telling the connection's clock when a request head begins.
-struct ActivityIo<T> {
-    inner: T,
+struct ActivityIo {
+    inner: Box<TlsStream>,
     activity: Arc<ConnActivity>,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+impl AsyncRead for ActivityIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -209,7 +213,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+impl AsyncWrite for ActivityIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -245,7 +249,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let linger = if this.activity.closed_by_us.load(Ordering::Relaxed) {
+            Linger::IfUnread
+        } else {
+            Linger::Always
+        };
+        this.inner.poll_close(cx, linger)
     }
 }
 
@@ -265,7 +275,7 @@ fn opt(d: Duration) -> Option<Duration> {
 /// The client stream as hyper sees it. Boxed: the TLS state is the largest
 /// part of a connection and is then allocated once, at its exact size, rather
 /// than inside every future that passes it on.
-type ClientIo = TokioIo<ActivityIo<Box<TlsStream>>>;
+type ClientIo = TokioIo<ActivityIo>;
 
 /// Serves HTTP on one TLS connection until it closes, times out or drains.
 ///
@@ -402,6 +412,7 @@ async fn drive<C>(
                 return;
             }
             _ = reached(&mut phase, Phase::Closing), if !closing => {
+                activity.closed_by_us.store(true, Ordering::Relaxed);
                 conn.as_mut().graceful();
                 closing = true;
             }
@@ -415,6 +426,7 @@ async fn drive<C>(
                     Expired::ClientStalled => return,
                 };
                 if h2 {
+                    activity.closed_by_us.store(true, Ordering::Relaxed);
                     conn.as_mut().graceful();
                     closing = true;
                     give_up = grace.map(|g| Instant::now() + g);

@@ -728,6 +728,164 @@ async fn declared_body_over_limit_is_413_at_once() {
     assert_eq!(up.last().body.len(), 1000);
 }
 
+/// SPEC: the 413 `body-too-large` for a declared body reaches a client that
+/// sends its whole body anyway before it reads (as curl does without
+/// `Expect`): portico reads and discards what still comes after its answer
+/// (a lingering close, as nginx's `lingering_close`), so its close is no
+/// reset that would fail the client's writes and can destroy the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_client_that_keeps_sending_still_reads_its_413() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.max_request_body = 1000;
+    })
+    .await;
+    let mut tls = raw_tls(&p).await;
+    // Far more than the kernel's buffers on both ends take: without the
+    // lingering close the write meets portico's reset.
+    let body = vec![b'x'; 32 << 20];
+    let started = Instant::now();
+    tls.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("head");
+    tokio::time::timeout(MS(10_000), tls.write_all(&body))
+        .await
+        .expect("the body is taken within 10 s")
+        .expect("the whole body is written, not reset");
+    tls.flush().await.expect("flush");
+    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
+        .await
+        .expect("an answer in time")
+        .expect("the 413 survived");
+    let a = assert_answer(&resp, 413, "body-too-large", &[]);
+    assert_eq!(a.connection.as_deref(), Some("close"));
+    assert!(
+        closed_within(&mut tls, MS(2000)).await.is_some(),
+        "connection closed"
+    );
+    assert_eq!(up.count(), 0, "the upstream saw no request");
+    assert!(started.elapsed() < MS(12_000));
+}
+
+/// The lingering close is bounded: a refused client that stops sending, and
+/// does not close, holds its connection for 2 s after its last byte, not for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lingering_close_ends_2s_after_the_refused_client_falls_quiet() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.max_request_body = 1000;
+    })
+    .await;
+    let open = || metric(&p.metrics_text(), "portico_connections_open");
+    let mut tls = raw_tls(&p).await;
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+    req.extend(vec![b'x'; 256 << 10]);
+    tls.write_all(&req)
+        .await
+        .expect("head and a quarter of the body");
+    tls.flush().await.expect("flush");
+    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
+        .await
+        .expect("an answer in time")
+        .expect("a response");
+    assert_answer(&resp, 413, "body-too-large", &[]);
+    let quiet_from = Instant::now();
+    tokio::time::sleep(MS(1200)).await;
+    assert_eq!(
+        open(),
+        Some(1.0),
+        "still lingering 1.2 s after the last byte"
+    );
+    let gone = eventually(MS(4000), "the lingering connection is closed", || async {
+        (open() == Some(0.0)).then(|| quiet_from.elapsed())
+    })
+    .await;
+    assert!(
+        gone >= MS(1500) && gone < MS(3500),
+        "closed {gone:?} after the client fell quiet"
+    );
+    assert_eq!(up.count(), 0);
+}
+
+/// The lingering close is bounded: a refused client that never stops sending
+/// is read for 10 s after the answer, then the connection is closed and its
+/// writes fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lingering_close_of_a_client_that_never_stops_sending_ends_after_10s() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.max_request_body = 1000;
+    })
+    .await;
+    let mut tls = raw_tls(&p).await;
+    tls.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1073741824\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
+        .await
+        .expect("an answer in time")
+        .expect("a response");
+    assert_answer(&resp, 413, "body-too-large", &[]);
+    let answered = Instant::now();
+    let chunk = vec![b'x'; 16 << 10];
+    let failed = loop {
+        let sent = async {
+            tls.write_all(&chunk).await?;
+            tls.flush().await
+        };
+        if sent.await.is_err() {
+            break answered.elapsed();
+        }
+        assert!(answered.elapsed() < MS(15_000), "still taken after 15 s");
+        tokio::time::sleep(MS(50)).await;
+    };
+    assert!(
+        failed >= MS(9_500) && failed < MS(12_500),
+        "writes failed {failed:?} after the answer"
+    );
+    assert_eq!(
+        metric(&p.metrics_text(), "portico_connections_open"),
+        Some(0.0)
+    );
+}
+
+/// SPEC (drain): a keep-alive connection with no request on it is closed at
+/// once when the drain begins, and does not linger for a client that sends
+/// nothing: the drain ends without waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_an_idle_silent_keepalive_connection_without_lingering() {
+    let up = hello_upstream().await;
+    let mut p = start(&up.url(), |_, _, _| {}).await;
+    let mut tls = raw_tls(&p).await;
+    tls.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let resp = read_response(&mut tls).await.expect("a response");
+    assert_eq!(resp.status, 200);
+    let t0 = Instant::now();
+    p.drain.advance(portico::shutdown::Phase::Draining);
+    tokio::time::timeout(MS(1000), &mut p.run)
+        .await
+        .expect("the drain ends within 1 s")
+        .expect("join");
+    assert!(t0.elapsed() < MS(1000), "took {:?}", t0.elapsed());
+    assert_eq!(
+        metric(&p.metrics_text(), "portico_connections_open"),
+        Some(0.0)
+    );
+    drop(tls);
+}
+
 /// SPEC: a streamed (chunked) body is cut off when it passes
 /// `--max-request-body`: the client gets 413 `body-too-large`, and the
 /// upstream never receives more than the limit.

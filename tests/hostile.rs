@@ -21,9 +21,10 @@ use tokio_rustls::client::TlsStream;
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-/// Tests that measure the process (RSS, latency under a flood) run one at a
-/// time, so one attack's memory is not charged to another.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Tests that measure the process (RSS, latency under a flood) hold this
+/// exclusively and every other test holds it shared, so that no other test's
+/// memory or load is charged to the one measuring.
+static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 // ---------------------------------------------------------------------------
 // Raw HTTP/1 helpers.
@@ -297,6 +298,7 @@ async fn send_raw(p: &Portico, raw: &[u8]) -> (Option<RawResp>, bool) {
 /// them: its plain 400, which SPEC accepts.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_h1_heads_get_400_close_and_never_reach_the_upstream() {
+    let _shared = SERIAL.read().await;
     let rec = Recorder::start().await;
     let p = start(&rec.url(), |_, _, _| {}).await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
@@ -365,6 +367,7 @@ async fn ambiguous_h1_heads_get_400_close_and_never_reach_the_upstream() {
 /// the client sent on its own connection, not bytes smuggled into the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_lf_head_is_forwarded_once_in_crlf_form() {
+    let _shared = SERIAL.read().await;
     let rec = Recorder::start().await;
     let p = start(&rec.url(), |_, _, _| {}).await;
     let (resp, _) = send_raw(
@@ -390,6 +393,7 @@ async fn bare_lf_head_is_forwarded_once_in_crlf_form() {
 /// before the bad one, and never the request hidden after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_chunk_sizes_cut_the_request_and_smuggle_nothing() {
+    let _shared = SERIAL.read().await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
     for (what, body) in [
         ("not hex", format!("zz\r\nhello\r\n0\r\n\r\n{smuggled}")),
@@ -437,6 +441,7 @@ async fn invalid_chunk_sizes_cut_the_request_and_smuggle_nothing() {
 /// and what the upstream reads are the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_target_routes_and_sets_host_by_its_authority() {
+    let _shared = SERIAL.read().await;
     let default = Recorder::start().await;
     let other = Recorder::start().await;
     let route =
@@ -484,6 +489,7 @@ async fn absolute_form_target_routes_and_sets_host_by_its_authority() {
 /// read a different (invalid) host than the one routed on: it is refused 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_target_with_userinfo_is_400() {
+    let _shared = SERIAL.read().await;
     let rec = Recorder::start().await;
     let p = start(&rec.url(), |_, _, _| {}).await;
     let (resp, closed) = send_raw(
@@ -505,6 +511,7 @@ async fn absolute_form_target_with_userinfo_is_400() {
 /// 431. Each closes the connection; none reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_long_request_lines_get_431_or_414_and_close() {
+    let _shared = SERIAL.read().await;
     let rec = Recorder::start().await;
     let p = start(&rec.url(), |cfg, _, _| {
         cfg.max_header_bytes = 32 * 1024;
@@ -533,6 +540,7 @@ async fn over_long_request_lines_get_431_or_414_and_close() {
 /// value, so the upstream never has to pick between readings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_content_length_is_refused_or_forwarded_as_one_value() {
+    let _shared = SERIAL.read().await;
     let rec = Recorder::start().await;
     let p = start(&rec.url(), |_, _, _| {}).await;
     let (resp, closed) = send_raw(
@@ -929,7 +937,7 @@ async fn big_upstream(
 /// 500 ms, and memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_rapid_reset_closes_the_connection_and_others_stay_served() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     let prober = Prober::start(&p).await;
@@ -990,7 +998,7 @@ async fn h2_rapid_reset_closes_the_connection_and_others_stay_served() {
 /// bound, memory stays bounded, other clients keep being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_continuation_flood_closes_the_connection_and_others_stay_served() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     let prober = Prober::start(&p).await;
@@ -1054,7 +1062,7 @@ async fn h2_continuation_flood_closes_the_connection_and_others_stay_served() {
 /// `--header-read-timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_settings_and_ping_floods_stay_bounded_and_others_stay_served() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |cfg, _, _| {
         cfg.header_read_timeout = MS(1000);
@@ -1105,7 +1113,7 @@ async fn h2_settings_and_ping_floods_stay_bounded_and_others_stay_served() {
 /// (not held forever, holding a `--max-connections` slot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_ping_flood_from_a_client_that_never_reads_is_closed() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |cfg, _, _| {
         cfg.header_read_timeout = MS(500);
@@ -1148,7 +1156,7 @@ async fn h2_ping_flood_from_a_client_that_never_reads_is_closed() {
 /// closed; the upstream connection is not held forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_window_that_never_opens_is_cut_after_body_timeout() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let (addr, mut up_closed, _up) = big_upstream(1 << 20).await;
     let p = start(&format!("http://{addr}"), |cfg, _, _| {
         cfg.body_timeout = MS(500);
@@ -1202,6 +1210,7 @@ async fn h2_window_that_never_opens_is_cut_after_body_timeout() {
 /// its `content-length` is cut at the first extra DATA frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_downgrade_smuggling_attempts_are_reset_and_never_reach_the_upstream() {
+    let _shared = SERIAL.read().await;
     let rec = Recorder::start().await;
     let p = start(&rec.url(), |_, _, _| {}).await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
@@ -1315,6 +1324,7 @@ async fn h2_downgrade_smuggling_attempts_are_reset_and_never_reach_the_upstream(
 /// `:authority` portico routed on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_authority_wins_over_a_different_host_header_for_routing_and_host() {
+    let _shared = SERIAL.read().await;
     let default = Recorder::start().await;
     let other = Recorder::start().await;
     let route =
@@ -1353,6 +1363,7 @@ async fn h2_authority_wins_over_a_different_host_header_for_routing_and_host() {
 /// held for ever, nor is the in-flight permit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_reads_its_response_frees_the_upstream_after_body_timeout() {
+    let _shared = SERIAL.read().await;
     let (addr, mut up_closed, _up) = big_upstream(64 << 20).await;
     let p = start(&format!("http://{addr}"), |cfg, _, _| {
         cfg.body_timeout = MS(500);
@@ -1390,7 +1401,7 @@ async fn client_that_never_reads_its_response_frees_the_upstream_after_body_time
 /// keeps getting answers within 500 ms and a new client still connects at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tcp_connections_do_not_slow_a_healthy_client() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |cfg, _, _| {
         cfg.handshake_timeout = Duration::from_secs(8);
@@ -1423,6 +1434,7 @@ async fn silent_tcp_connections_do_not_slow_a_healthy_client() {
 /// bytes keep moving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upload_that_keeps_moving_outlives_body_timeout() {
+    let _shared = SERIAL.read().await;
     let up = upstream_with(false, |s| async move {
         Response::new(Full::new(Bytes::from(format!("got {}", s.body.len()))))
     })
@@ -1454,6 +1466,7 @@ async fn slow_upload_that_keeps_moving_outlives_body_timeout() {
 /// 13.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_that_keeps_reading_outlives_body_timeout() {
+    let _shared = SERIAL.read().await;
     let (addr, _up_closed, _up) = big_upstream(256 * 1024).await;
     let p = start(&format!("http://{addr}"), |cfg, _, _| {
         cfg.body_timeout = MS(1000);
@@ -1605,6 +1618,7 @@ const ALERT_PROTOCOL_VERSION: u8 = 70;
 /// `portico_tls_handshakes_total{result="failed"}`, and portico still serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_truncated_client_hellos_are_refused_and_counted() {
+    let _shared = SERIAL.read().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     let hello = tlsraw::client_hello(0x0303, &[0x1301, 0xc02b], &tlsraw::usual_extensions());
@@ -1674,6 +1688,7 @@ async fn garbage_and_truncated_client_hellos_are_refused_and_counted() {
 /// have in rustls) is refused (closed), counted, and portico serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_client_hello_is_refused_and_counted() {
+    let _shared = SERIAL.read().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     let mut msg = vec![1];
@@ -1695,6 +1710,7 @@ async fn oversized_client_hello_is_refused_and_counted() {
 /// 3DES, RC4): each refused with an alert, counted, and portico serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_versions_and_weak_suites_are_refused_and_counted() {
+    let _shared = SERIAL.read().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     let ext = tlsraw::usual_extensions();
@@ -1727,6 +1743,7 @@ async fn legacy_versions_and_weak_suites_are_refused_and_counted() {
 /// `--header-read-timeout`. Not a failed handshake; portico serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_renegotiation_attempt_gets_no_second_handshake() {
+    let _shared = SERIAL.read().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |cfg, _, _| {
         cfg.header_read_timeout = MS(2000);
@@ -1814,6 +1831,7 @@ async fn tls12_renegotiation_attempt_gets_no_second_handshake() {
 /// next request on the same connection is answered, three times over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_key_updates_between_requests_keep_the_connection_serving() {
+    let _shared = SERIAL.read().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     let mut tls = raw_tls(&p).await;
@@ -1840,6 +1858,7 @@ async fn client_key_updates_between_requests_keep_the_connection_serving() {
 /// shares a record with the end of the first, are both read whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_split_over_one_byte_records_or_sharing_a_record_are_read_whole() {
+    let _shared = SERIAL.read().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     let mut tls = raw_tls(&p).await;
@@ -1910,6 +1929,7 @@ where
 /// dies before a final response head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_sending_100_continue_then_dying_is_502_upstream_reset() {
+    let _shared = SERIAL.read().await;
     let (url, _up) = raw_upstream(|mut s| async move {
         let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         let _ = s.flush().await;
@@ -1935,6 +1955,7 @@ async fn upstream_sending_100_continue_then_dying_is_502_upstream_reset() {
 /// connection open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_sending_a_huge_header_block_is_502_bad_upstream_response() {
+    let _shared = SERIAL.read().await;
     for (what, head) in [
         ("2,000 headers", {
             let mut h = String::from("HTTP/1.1 200 OK\r\n");
@@ -1983,6 +2004,7 @@ async fn upstream_sending_a_huge_header_block_is_502_bad_upstream_response() {
 /// intact, a 256 KiB one is SPEC's 502 `bad-upstream-response`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502() {
+    let _shared = SERIAL.read().await;
     for (kib, status) in [(60usize, 200u16), (256, 502)] {
         let value = Arc::new("v".repeat(kib * 1024));
         let sent = value.clone();
@@ -2015,6 +2037,7 @@ async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502()
 /// whole body, over HTTP/1.1 and HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_trickling_its_body_completes_within_body_timeout() {
+    let _shared = SERIAL.read().await;
     let (url, _up) = raw_upstream(|mut s| async move {
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
@@ -2064,6 +2087,7 @@ async fn upstream_trickling_its_body_completes_within_body_timeout() {
 /// HTTP/1.1 and HTTP/2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_reset_mid_body_cuts_the_client_body() {
+    let _shared = SERIAL.read().await;
     let (url, _up) = raw_upstream(|mut s| async move {
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
@@ -2193,6 +2217,7 @@ impl Restartable {
 /// request succeeds with 200, not 502, ten times over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_to_a_restarted_upstream_are_not_reused_broken() {
+    let _shared = SERIAL.read().await;
     let served = Arc::new(AtomicUsize::new(0));
     let mut up = Restartable::start("127.0.0.1:0".parse().expect("addr"), served.clone()).await;
     let p = start(&format!("http://{}", up.addr), |_, _, _| {}).await;
@@ -2219,7 +2244,7 @@ async fn pooled_connections_to_a_restarted_upstream_are_not_reused_broken() {
 /// new connection waits; once the attackers go, it is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn established_client_is_served_while_attackers_hold_max_connections() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let up = hello_upstream().await;
     let p = start(&up.url(), |cfg, _, _| {
         cfg.max_connections = 20;
@@ -2261,7 +2286,7 @@ async fn established_client_is_served_while_attackers_hold_max_connections() {
 /// slow ones finish, requests succeed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_requests_in_flight_503s_are_fast_and_service_recovers() {
-    let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.write().await;
     let (release, gate) = tokio::sync::watch::channel(false);
     let slow = upstream_with(false, move |_| {
         let mut gate = gate.clone();

@@ -17,12 +17,13 @@
 //!   (S5 in benches/).
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use rustls::kernel::KernelConnection;
 use rustls::pki_types::CertificateDer;
@@ -33,6 +34,7 @@ use rustls::unbuffered::{
 use rustls::{ProtocolVersion, ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::record::{self, alert, Protection, Refused};
 
@@ -48,6 +50,17 @@ const MAX_EMPTY_RECORDS: u8 = 32;
 const USER_CANCELED: u8 = 90;
 /// TLS 1.3 `key_update` handshake message type.
 const KEY_UPDATE: u8 = 24;
+
+/// A closing connection goes on reading, and discarding, what the client
+/// still sends, for at most this long: closing a socket with unread bytes
+/// sends a reset, which fails the client's writes and may destroy the answer
+/// it has not read yet (nginx's `lingering_close`, `lingering_time`).
+const LINGER_MAX: Duration = Duration::from_secs(10);
+/// The lingering stops when the client sends nothing for this long
+/// (nginx's `lingering_timeout`).
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+/// Reads one poll of the lingering close makes before it yields the thread.
+const LINGER_READS: usize = 64;
 
 /// `send` flags for bytes a FIN will follow at once (see
 /// `poll_send_before_fin`); a peer's reset is an error returned, as it is from
@@ -128,6 +141,9 @@ pub struct TlsStream {
     truncated: bool,
     /// close_notify has been queued.
     close_sent: bool,
+    /// Once the FIN is sent and the client has not finished: when the
+    /// lingering close ends at the latest, and its quiet timer.
+    linger: Option<(Instant, Pin<Box<Sleep>>)>,
     sni: Option<Box<str>>,
     settled: Option<Settled>,
 }
@@ -178,6 +194,7 @@ impl TlsStream {
             read_done: false,
             truncated: false,
             close_sent: false,
+            linger: None,
             sni: None,
             settled: None,
         };
@@ -425,6 +442,45 @@ impl TlsStream {
         }
         self.sent_all();
         Poll::Ready(Ok(()))
+    }
+
+    /// Whether the client has sent bytes not read yet, here or in the socket.
+    fn has_unread(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        self.rx_at < self.rx.len()
+            || !self.ready.is_empty()
+            || self.plain_at < self.plain.len()
+            || matches!(socket2::SockRef::from(&self.tcp).peek(&mut probe), Ok(1..))
+    }
+
+    /// The lingering close: reads and drops the client's bytes until it ends
+    /// its side, falls quiet, or `LINGER_MAX` passes. Its errors end it too.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some((end, quiet)) = &mut self.linger else {
+            return Poll::Ready(());
+        };
+        let mut scratch = [0u8; 16 * 1024];
+        for _ in 0..LINGER_READS {
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => return Future::poll(quiet.as_mut(), cx),
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            match self.tcp.try_read(&mut scratch) {
+                Ok(0) => return Poll::Ready(()),
+                Ok(_) => quiet
+                    .as_mut()
+                    .reset((Instant::now() + LINGER_QUIET).min(*end)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+        // A client that sends as fast as it is read would hold the thread.
+        if Instant::now() >= *end {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Opens the next whole record in `rx`, if there is one, and acts on it.
@@ -861,15 +917,43 @@ impl AsyncWrite for TlsStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.close_sent {
-            this.close_sent = true;
+        self.get_mut().poll_close(cx, Linger::Always)
+    }
+}
+
+/// Whether a close lingers (see `LINGER_MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    /// Until the client ends its side or falls quiet: it may be sending a
+    /// request the answer cut short (a refused body, a pipelined request).
+    Always,
+    /// Only if the client's bytes are already waiting (nginx's heuristic):
+    /// portico chose to close a connection with no request on it (a drain,
+    /// a timeout), and a client that sends nothing must not hold it open.
+    IfUnread,
+}
+
+impl TlsStream {
+    /// Sends close_notify and the FIN, then lingers as `linger` says.
+    pub fn poll_close(&mut self, cx: &mut Context<'_>, linger: Linger) -> Poll<io::Result<()>> {
+        if !self.close_sent {
+            self.close_sent = true;
             // A failed connection has no close_notify to send.
-            if let Tls::Traffic(t) = &mut this.tls {
-                t.alert(1, alert::CLOSE_NOTIFY, &mut this.tx)?;
+            if let Tls::Traffic(t) = &mut self.tls {
+                t.alert(1, alert::CLOSE_NOTIFY, &mut self.tx)?;
             }
         }
-        ready!(this.poll_send_before_fin(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        if self.linger.is_none() {
+            ready!(self.poll_send_before_fin(cx))?;
+            ready!(Pin::new(&mut self.tcp).poll_shutdown(cx))?;
+            // Nothing can arrive to be reset: the client has finished, or
+            // is not expected to send.
+            if self.read_done || (linger == Linger::IfUnread && !self.has_unread()) {
+                return Poll::Ready(Ok(()));
+            }
+            let now = Instant::now();
+            self.linger = Some((now + LINGER_MAX, Box::pin(sleep_until(now + LINGER_QUIET))));
+        }
+        self.poll_linger(cx).map(Ok)
     }
 }
