@@ -44,6 +44,9 @@ pub struct ConnActivity {
     /// portico began the close itself (a drain, a timeout's GOAWAY), with no
     /// request cut short: the close lingers only over bytes already sent.
     closed_by_us: AtomicBool,
+    /// The connection became a tunnel (101): its close must not linger, as
+    /// the tunnel's other direction still reads the client's bytes.
+    upgraded: AtomicBool,
     /// Woken only for `client_stalled`, which must act at once.
     changed: Notify,
 }
@@ -67,6 +70,7 @@ impl ConnActivity {
             awaiting_first_byte: AtomicBool::new(track_heads),
             client_stalled: AtomicBool::new(false),
             closed_by_us: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -99,6 +103,11 @@ impl ConnActivity {
                 self.awaiting_first_byte.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A 101 is being answered: the connection becomes a tunnel.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 
     /// A response body has waited `--body-timeout` for the client to take it
@@ -250,7 +259,10 @@ impl AsyncWrite for ActivityIo {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let linger = if this.activity.closed_by_us.load(Ordering::Relaxed) {
+        let a = &this.activity;
+        let linger = if a.upgraded.load(Ordering::Relaxed) {
+            Linger::Never
+        } else if a.closed_by_us.load(Ordering::Relaxed) {
             Linger::IfUnread
         } else {
             Linger::Always

@@ -338,6 +338,9 @@ where
         }
         finish.status = resp.status();
         finish.kind = kind;
+        if finish.status == StatusCode::SWITCHING_PROTOCOLS {
+            finish.guard.activity.upgraded();
+        }
         resp.body_mut().watch_client(finish.guard.activity.clone());
         resp.body_mut().set_on_done(finish);
         Poll::Ready(Ok(resp))

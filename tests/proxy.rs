@@ -972,6 +972,80 @@ async fn websocket_upgrade_over_h1_echoes_both_ways_until_close() {
     );
 }
 
+/// An upgraded connection is a tunnel: when the upstream ends its side first,
+/// the client gets the end of the stream and what it still sends reaches the
+/// upstream, every byte (the close of the client's side does not linger over
+/// bytes that belong to the tunnel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_tunnel_carries_the_client_bytes_after_the_upstream_half_closes() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let _srv = AbortOnDrop(tokio::spawn(async move {
+        // The first connection that sends a head (readiness probes send none).
+        let mut tcp = loop {
+            let Ok((mut tcp, _)) = l.accept().await else {
+                continue;
+            };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match tcp.read(&mut b).await {
+                    Ok(1) => head.push(b[0]),
+                    _ => break,
+                }
+            }
+            if head.ends_with(b"\r\n\r\n") {
+                break tcp;
+            }
+        };
+        let _ = tcp
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\nbye")
+            .await;
+        let _ = tcp.shutdown().await;
+        // Read late: the client's bytes then wait in portico, which must
+        // not take them for the close's.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::new();
+        let _ = tcp.read_to_end(&mut got).await;
+        let _ = tx.send(got);
+    }));
+    let p = start(&format!("http://{addr}"), |_, _, _| {}).await;
+    let mut tls = tls_connect(
+        p.tls_addr,
+        "localhost",
+        client_config(p.roots(), &[b"http/1.1"], None),
+    )
+    .await
+    .expect("tls");
+    tls.write_all(
+        b"GET /tunnel HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\n",
+    )
+    .await
+    .expect("request");
+    let mut from_upstream = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut from_upstream))
+        .await
+        .expect("the upstream's end reaches the client")
+        .expect("read");
+    let text = String::from_utf8_lossy(&from_upstream);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.ends_with("\r\n\r\nbye"), "{text}");
+    let sent: Vec<u8> = (0u8..=250).cycle().take(16 << 20).collect();
+    tls.write_all(&sent).await.expect("the client sends on");
+    tls.shutdown().await.expect("client's end");
+    let got = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the upstream sees the client's end")
+        .expect("upstream");
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "bytes through the half-closed tunnel"
+    );
+    assert!(got == sent, "the bytes differ");
+}
+
 // ---------------------------------------------------------------------------
 // 6. Streaming 1 GiB each way through the binary without buffering
 // ---------------------------------------------------------------------------

@@ -931,6 +931,9 @@ pub enum Linger {
     /// portico chose to close a connection with no request on it (a drain,
     /// a timeout), and a client that sends nothing must not hold it open.
     IfUnread,
+    /// Not at all: another reader still takes the client's bytes (a tunnel
+    /// whose other direction goes on after this one ended).
+    Never,
 }
 
 impl TlsStream {
@@ -946,9 +949,14 @@ impl TlsStream {
         if self.linger.is_none() {
             ready!(self.poll_send_before_fin(cx))?;
             ready!(Pin::new(&mut self.tcp).poll_shutdown(cx))?;
-            // Nothing can arrive to be reset: the client has finished, or
-            // is not expected to send.
-            if self.read_done || (linger == Linger::IfUnread && !self.has_unread()) {
+            let lingers = match linger {
+                Linger::Always => true,
+                Linger::IfUnread => self.has_unread(),
+                Linger::Never => false,
+            };
+            // The client has finished (nothing can arrive to be reset), or
+            // is not expected to send, or its bytes are another reader's.
+            if self.read_done || !lingers {
                 return Poll::Ready(Ok(()));
             }
             let now = Instant::now();
