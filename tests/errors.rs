@@ -773,6 +773,25 @@ async fn refused_client_that_keeps_sending_still_reads_its_413() {
     assert!(started.elapsed() < MS(12_000));
 }
 
+/// Sends a POST declaring `declared` bytes (over the test's limit) and the
+/// `first` of them; returns the connection once its 413 `body-too-large` has
+/// been read.
+async fn post_refused_413(p: &Portico, declared: usize, first: &[u8]) -> TlsStream<TcpStream> {
+    let mut tls = raw_tls(p).await;
+    let mut req =
+        format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {declared}\r\n\r\n")
+            .into_bytes();
+    req.extend_from_slice(first);
+    tls.write_all(&req).await.expect("head");
+    tls.flush().await.expect("flush");
+    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
+        .await
+        .expect("an answer in time")
+        .expect("a response");
+    assert_answer(&resp, 413, "body-too-large", &[]);
+    tls
+}
+
 /// The lingering close is bounded: a refused client that stops sending, and
 /// does not close, holds its connection for 2 s after its last byte, not for
 /// ever.
@@ -784,19 +803,7 @@ async fn lingering_close_ends_2s_after_the_refused_client_falls_quiet() {
     })
     .await;
     let open = || metric(&p.metrics_text(), "portico_connections_open");
-    let mut tls = raw_tls(&p).await;
-    let mut req =
-        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1048576\r\n\r\n".to_vec();
-    req.extend(vec![b'x'; 256 << 10]);
-    tls.write_all(&req)
-        .await
-        .expect("head and a quarter of the body");
-    tls.flush().await.expect("flush");
-    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
-        .await
-        .expect("an answer in time")
-        .expect("a response");
-    assert_answer(&resp, 413, "body-too-large", &[]);
+    let _tls = post_refused_413(&p, 1 << 20, &[b'x'; 256 << 10]).await;
     let quiet_from = Instant::now();
     tokio::time::sleep(MS(1200)).await;
     assert_eq!(
@@ -825,17 +832,7 @@ async fn lingering_close_of_a_client_that_never_stops_sending_ends_after_10s() {
         cfg.max_request_body = 1000;
     })
     .await;
-    let mut tls = raw_tls(&p).await;
-    tls.write_all(
-        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1073741824\r\n\r\n",
-    )
-    .await
-    .expect("head");
-    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
-        .await
-        .expect("an answer in time")
-        .expect("a response");
-    assert_answer(&resp, 413, "body-too-large", &[]);
+    let mut tls = post_refused_413(&p, 1 << 30, b"").await;
     let answered = Instant::now();
     let chunk = vec![b'x'; 16 << 10];
     let failed = loop {
