@@ -728,6 +728,39 @@ async fn declared_body_over_limit_is_413_at_once() {
     assert_eq!(up.last().body.len(), 1000);
 }
 
+/// SPEC: the 413 `body-too-large` for a declared body reaches an HTTP/2
+/// client still sending that body, and the connection goes on serving (the
+/// stream's request half is then reset, with NO_ERROR as RFC 9113 8.1 asks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_body_over_limit_is_413_over_h2_while_the_body_is_still_sent() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.max_request_body = 1000;
+    })
+    .await;
+    let mut c = p.h2().await;
+    // Far past the stream's flow-control window: most of it is unsent when
+    // the answer comes.
+    let body = Bytes::from(vec![b'x'; 4 << 20]);
+    let req = Request::post(format!("https://localhost:{}/upload", p.tls_addr.port()))
+        .header("content-length", body.len())
+        .body(Full::new(body))
+        .expect("req");
+    let resp = tokio::time::timeout(MS(3000), c.send_request(req))
+        .await
+        .expect("an answer in time")
+        .expect("the 413, not a reset stream");
+    let got = collect(resp).await;
+    assert_answer(&got, 413, "body-too-large", &[]);
+    assert_eq!(up.count(), 0, "the upstream saw no request");
+    // The connection still serves.
+    let req = Request::get(format!("https://localhost:{}/after", p.tls_addr.port()))
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let after = collect(c.send_request(req).await.expect("response")).await;
+    assert_eq!(after.status, 200);
+}
+
 /// SPEC: the 413 `body-too-large` for a declared body reaches a client that
 /// sends its whole body anyway before it reads (as curl does without
 /// `Expect`): portico reads and discards what still comes after its answer
