@@ -686,15 +686,21 @@ async fn two_content_lengths_are_refused_by_the_parser() {
     assert_eq!(up.count(), 0);
 }
 
-/// SPEC: a declared body over `--max-request-body` gets 413 `body-too-large` at
-/// once (before the body is sent), and the upstream sees no request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declared_body_over_limit_is_413_at_once() {
+/// portico with `--max-request-body 1000` in front of a hello upstream.
+async fn start_with_body_limit_1000() -> (Upstream, Portico) {
     let up = hello_upstream().await;
     let p = start(&up.url(), |cfg, _, _| {
         cfg.max_request_body = 1000;
     })
     .await;
+    (up, p)
+}
+
+/// SPEC: a declared body over `--max-request-body` gets 413 `body-too-large` at
+/// once (before the body is sent), and the upstream sees no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_body_over_limit_is_413_at_once() {
+    let (up, p) = start_with_body_limit_1000().await;
     let mut tls = raw_tls(&p).await;
     let started = Instant::now();
     tls.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n")
@@ -733,11 +739,7 @@ async fn declared_body_over_limit_is_413_at_once() {
 /// stream's request half is then reset, with NO_ERROR as RFC 9113 8.1 asks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_body_over_limit_is_413_over_h2_while_the_body_is_still_sent() {
-    let up = hello_upstream().await;
-    let p = start(&up.url(), |cfg, _, _| {
-        cfg.max_request_body = 1000;
-    })
-    .await;
+    let (up, p) = start_with_body_limit_1000().await;
     let mut c = p.h2().await;
     // Far past the stream's flow-control window: most of it is unsent when
     // the answer comes.
@@ -768,11 +770,7 @@ async fn declared_body_over_limit_is_413_over_h2_while_the_body_is_still_sent() 
 /// reset that would fail the client's writes and can destroy the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_client_that_keeps_sending_still_reads_its_413() {
-    let up = hello_upstream().await;
-    let p = start(&up.url(), |cfg, _, _| {
-        cfg.max_request_body = 1000;
-    })
-    .await;
+    let (up, p) = start_with_body_limit_1000().await;
     let mut tls = raw_tls(&p).await;
     // Far more than the kernel's buffers on both ends take: without the
     // lingering close the write meets portico's reset.
@@ -830,11 +828,7 @@ async fn post_refused_413(p: &Portico, declared: usize, first: &[u8]) -> TlsStre
 /// ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lingering_close_ends_2s_after_the_refused_client_falls_quiet() {
-    let up = hello_upstream().await;
-    let p = start(&up.url(), |cfg, _, _| {
-        cfg.max_request_body = 1000;
-    })
-    .await;
+    let (up, p) = start_with_body_limit_1000().await;
     let open = || metric(&p.metrics_text(), "portico_connections_open");
     let _tls = post_refused_413(&p, 1 << 20, &[b'x'; 256 << 10]).await;
     let quiet_from = Instant::now();
@@ -860,11 +854,7 @@ async fn lingering_close_ends_2s_after_the_refused_client_falls_quiet() {
 /// writes fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lingering_close_of_a_client_that_never_stops_sending_ends_after_10s() {
-    let up = hello_upstream().await;
-    let p = start(&up.url(), |cfg, _, _| {
-        cfg.max_request_body = 1000;
-    })
-    .await;
+    let (_up, p) = start_with_body_limit_1000().await;
     let mut tls = post_refused_413(&p, 1 << 30, b"").await;
     let answered = Instant::now();
     let chunk = vec![b'x'; 16 << 10];
