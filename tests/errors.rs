@@ -790,18 +790,24 @@ async fn refused_client_that_keeps_sending_still_reads_its_413() {
         .expect("the body is taken within 10 s")
         .expect("the whole body is written, not reset");
     tls.flush().await.expect("flush");
-    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
+    read_413_then_close(&mut tls).await;
+    assert_eq!(up.count(), 0, "the upstream saw no request");
+    assert!(started.elapsed() < MS(12_000));
+}
+
+/// Reads a 413 `body-too-large` with `Connection: close` within 2 s, then the
+/// connection's end within 2 s more.
+async fn read_413_then_close(tls: &mut TlsStream<TcpStream>) {
+    let resp = tokio::time::timeout(MS(2000), read_response(tls))
         .await
         .expect("an answer in time")
-        .expect("the 413 survived");
+        .expect("a response");
     let a = assert_answer(&resp, 413, "body-too-large", &[]);
     assert_eq!(a.connection.as_deref(), Some("close"));
     assert!(
-        closed_within(&mut tls, MS(2000)).await.is_some(),
+        closed_within(tls, MS(2000)).await.is_some(),
         "connection closed"
     );
-    assert_eq!(up.count(), 0, "the upstream saw no request");
-    assert!(started.elapsed() < MS(12_000));
 }
 
 /// Sends a POST declaring `declared` bytes (over the test's limit) and the
@@ -947,16 +953,7 @@ async fn streamed_body_over_limit_is_cut() {
     .await;
     // One more byte than the limit.
     tls.write_all(b"1\r\nc\r\n").await.expect("chunk");
-    let resp = tokio::time::timeout(MS(2000), read_response(&mut tls))
-        .await
-        .expect("an answer in time")
-        .expect("a response");
-    let a = assert_answer(&resp, 413, "body-too-large", &[]);
-    assert_eq!(a.connection.as_deref(), Some("close"));
-    assert!(
-        closed_within(&mut tls, MS(2000)).await.is_some(),
-        "connection closed"
-    );
+    read_413_then_close(&mut tls).await;
     assert_eq!(
         dechunk_len(&received.lock().expect("lock")),
         4096,
