@@ -219,17 +219,41 @@ restart() {
 for p in $PROXIES; do start "$p"; done
 
 # ---------------------------------------------------------------- run
+# Connections the upstream has accepted so far, this query's own included. A
+# proxy that opens upstream connections under load pays for connects that the
+# others do not (nginx did, with keepalive 64): each run's count is kept.
+upstream_accepted() {
+    local n
+    exec 3<>"/dev/tcp/127.0.0.1/$UP_PORT" || return 1
+    printf 'GET /__accepted HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
+    n=$(tail -n1 <&3)
+    exec 3<&-
+    echo "$n"
+}
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
 for s in $SCENARIOS; do
     for r in $(seq "$ROUNDS"); do
         for p in $PROXIES; do
             [[ $s == S5 ]] && restart "$p"
+            before=$(upstream_accepted || echo 0)
             BENCH_TARGET_ADDR=127.0.0.1:${PORT[$p]} BENCH_TARGET_PID=${PID[$p]} \
                 BENCH_LABEL=$p BENCH_SCENARIOS=$s BENCH_JSON=$RESULTS \
                 taskset -c "$CLIENT_CPU" "$LOAD_BIN" >"$TMP/run-$s-$r-$p.out" 2>"$TMP/run-$s-$r-$p.err" ||
                 { log "run $s/$r/$p failed:"; tail -5 "$TMP/run-$s-$r-$p.err" >&2; }
-            log "$s round $r $p: $(grep -E '^\s+S' "$TMP/run-$s-$r-$p.err" | sed 's/^ *//' || true)"
+            opened=$(( $(upstream_accepted || echo 1) - before - 1 ))
+            # Into the run's row (the load client appended it last).
+            python3 - "$RESULTS" "$opened" <<'PY'
+import json, sys
+path, opened = sys.argv[1], int(sys.argv[2])
+lines = open(path).read().splitlines()
+if lines:
+    row = json.loads(lines[-1])
+    row.setdefault("upstream_conns", opened)
+    lines[-1] = json.dumps(row, sort_keys=True)
+    open(path, "w").write("\n".join(lines) + "\n")
+PY
+            log "$s round $r $p: $(grep -E '^\s+S' "$TMP/run-$s-$r-$p.err" | sed 's/^ *//' || true); upstream connections opened $opened"
         done
     done
 done

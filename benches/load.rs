@@ -21,6 +21,9 @@
 //!
 //! Helper modes for `benches/compare.sh`: `BENCH_WRITE_CERTS=DIR` mints the CA and both
 //! server pairs into DIR and exits; `BENCH_UPSTREAM_ONLY=PORT` runs only the upstream.
+//! The upstream answers `GET /__accepted` with how many connections it has accepted, so
+//! that compare.sh can tell a proxy that keeps its upstream connections from one that
+//! opens new ones under load.
 //!
 //! Pinning is done with `taskset` (util-linux): this process pins all its own threads
 //! with `taskset -a -p` before it starts any, and runs portico under `taskset -c`. The
@@ -34,6 +37,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +69,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SMALL_BODY: &[u8] = b"hello from the bench upstream\n";
 const MIB: usize = 1 << 20;
+/// Connections the upstream has accepted (`GET /__accepted`).
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 const SNI_EC: &str = "ec.bench.test";
 const SNI_RSA: &str = "rsa.bench.test";
 const ALL: &[&str] = &["S1", "S1R", "S2", "S3E", "S3R", "S3T", "S4D", "S4U", "S5"];
@@ -278,13 +284,15 @@ fn write_certs(dir: &Path) -> Result<Certs, BoxError> {
 
 // ---------------------------------------------------------------- upstream
 
-/// `GET /` small body, `GET /big` 1 MiB, `POST /upload` drains and counts the body.
+/// `GET /` small body, `GET /big` 1 MiB, `POST /upload` drains and counts the body,
+/// `GET /__accepted` the connections accepted so far.
 async fn serve_upstream(listener: TcpListener) {
     let big = Bytes::from(vec![b'x'; MIB]);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        ACCEPTED.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let big = big.clone();
         tokio::spawn(async move {
@@ -314,6 +322,7 @@ async fn upstream_answer(req: Request<Incoming>, big: Bytes) -> Response<Full<By
             }
             Bytes::from(format!("received {n}\n"))
         }
+        "/__accepted" => Bytes::from(ACCEPTED.load(Ordering::Relaxed).to_string()),
         _ => Bytes::from_static(SMALL_BODY),
     };
     let mut resp = Response::new(Full::new(body));

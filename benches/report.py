@@ -89,6 +89,8 @@ def tables(runs, meta):
                 "rounds": len(rows),
                 "unit": rows[0]["unit"] if rows else "",
                 "note": rows[0]["note"] if rows else "",
+                # Upstream connections the proxy opened in a run (warm-up included).
+                "conns": med(rows, "upstream_conns"),
             }
     out = [f"Run: {meta}\n"]
     out.append("**Proxy CPU per unit of work** (median of rounds; lower is better; "
@@ -152,6 +154,21 @@ def tables(runs, meta):
             out.append(f"- {s}: {notes[labels[0]]}")
         else:
             out.append(f"- {s}: " + "; ".join(f"**{l}**: {n}" for l, n in notes.items()))
+    conns = {(s, l): summary[(s, l)]["conns"] for s in scen for l in labels
+             if s != "S5" and summary[(s, l)]["conns"] is not None}
+    if conns:
+        out.append("")
+        out.append("Upstream connections each proxy opened in a run (median of rounds, warm-up "
+                   "included; a proxy that keeps its connections opens about as many as the "
+                   "load has in flight once, and fewer when they are still open from the "
+                   "round before):\n")
+        out.append("| scenario | " + " | ".join(labels) + " |")
+        out.append("|" + "---|" * (1 + len(labels)))
+        for s in scen:
+            if s == "S5":
+                continue
+            cells = [f"{conns[(s, l)]:,.0f}" if (s, l) in conns else "–" for l in labels]
+            out.append(f"| {s} | " + " | ".join(cells) + " |")
     out.append("")
     return "\n".join(out), summary, labels, scen
 
