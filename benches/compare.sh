@@ -139,8 +139,13 @@ http {
     # keepalive caps the idle connections nginx keeps to the upstream; at 64,
     # S2's 512 streams in flight made it open and close upstream connections
     # all the time (41-47 -> 27-30 us/req at 1024). portico and HAProxy keep
-    # every idle connection.
-    upstream app { server 127.0.0.1:$UP_PORT; keepalive 1024; }
+    # every idle connection. keepalive_requests: nginx closes an upstream
+    # connection after 1,000 requests by default (~190 connects per S1 round).
+    upstream app {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 1024;
+        keepalive_requests 1000000;
+    }
     server {
         listen 127.0.0.1:${PORT[nginx]} ssl http2;
         server_name ec.bench.test localhost;
