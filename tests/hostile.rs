@@ -33,76 +33,9 @@ static SERIAL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 /// Reads one HTTP/1.1 response (body by Content-Length) within 3 s; `None` if
 /// the stream ended before a complete head.
 async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<RawResp> {
-    tokio::time::timeout(MS(3000), async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i;
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let mut body = buf.split_off(end + 4);
-        let text = String::from_utf8(buf).ok()?;
-        let mut lines = text.trim_end().split("\r\n");
-        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut resp = RawResp {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        let len: usize = resp
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while body.len() < len {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
-            }
-        }
-        resp.body = body;
-        Some(resp)
-    })
-    .await
-    .expect("a response (or a close) within 3s")
-}
-
-/// Reads until the peer closes (EOF or error); the time it took, or `None` if
-/// it stayed open for `limit`.
-async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let left = limit.checked_sub(start.elapsed())?;
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-/// A raw TLS connection to portico offering `alpn`.
-async fn raw_tls_alpn(p: &Portico, alpn: &[u8]) -> TlsStream<TcpStream> {
-    tls_connect(
-        p.tls_addr,
-        "localhost",
-        client_config(p.roots(), &[alpn], None),
-    )
-    .await
-    .expect("tls connect")
-}
-
-async fn raw_tls(p: &Portico) -> TlsStream<TcpStream> {
-    raw_tls_alpn(p, b"http/1.1").await
+    tokio::time::timeout(MS(3000), support::read_response(s))
+        .await
+        .expect("a response (or a close) within 3s")
 }
 
 /// `GET path` on an open HTTP/1.1 connection, once it is ready for one.

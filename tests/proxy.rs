@@ -911,13 +911,7 @@ async fn websocket_upgrade_over_h1_echoes_both_ways_until_close() {
     }));
 
     let p = start(&format!("http://{addr}"), |_, _, _| {}).await;
-    let tls = tls_connect(
-        p.tls_addr,
-        "localhost",
-        client_config(p.roots(), &[b"http/1.1"], None),
-    )
-    .await
-    .expect("tls");
+    let tls = raw_tls(&p).await;
     let url = format!("wss://localhost:{}/chat?room=1", p.tls_addr.port());
     let (mut ws, resp) = tokio_tungstenite::client_async(url.as_str(), tls)
         .await
@@ -1011,13 +1005,7 @@ async fn upgraded_tunnel_carries_the_client_bytes_after_the_upstream_half_closes
         let _ = tx.send(got);
     }));
     let p = start(&format!("http://{addr}"), |_, _, _| {}).await;
-    let mut tls = tls_connect(
-        p.tls_addr,
-        "localhost",
-        client_config(p.roots(), &[b"http/1.1"], None),
-    )
-    .await
-    .expect("tls");
+    let mut tls = raw_tls(&p).await;
     tls.write_all(
         b"GET /tunnel HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\n",
     )
@@ -1408,13 +1396,7 @@ async fn request_after_an_early_answer_does_not_wait_behind_the_unfinished_uploa
     .await;
 
     // A client that sends 10 of the 100,000 bytes it announced, then waits.
-    let mut slow = tls_connect(
-        p.tls_addr,
-        "localhost",
-        client_config(p.roots(), &[b"http/1.1"], None),
-    )
-    .await
-    .expect("tls connect");
+    let mut slow = raw_tls(&p).await;
     slow.write_all(
         b"POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n0123456789",
     )

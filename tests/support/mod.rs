@@ -24,6 +24,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
@@ -563,6 +564,86 @@ impl RawResp {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Reads up to the end of a message head (or EOF); returns head and any extra.
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> (Vec<u8>, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (buf, rest);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return (buf, Vec::new()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response (body by Content-Length); `None` if the stream
+/// ended or failed before a complete head.
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<RawResp> {
+    let (head, mut body) = read_head(s).await;
+    let text = String::from_utf8(head).ok()?;
+    if !text.ends_with("\r\n\r\n") {
+        return None;
+    }
+    let mut lines = text.trim_end().split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let resp = RawResp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = resp
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut chunk = [0u8; 4096];
+    while body.len() < len {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(RawResp { body, ..resp })
+}
+
+/// Reads until the peer closes (EOF or error); the time it took, or `None` if
+/// it stayed open for `limit`.
+pub async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = limit.checked_sub(start.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A raw TLS connection to portico offering `alpn`.
+pub async fn raw_tls_alpn(p: &Portico, alpn: &[u8]) -> TlsStream<TcpStream> {
+    tls_connect(
+        p.tls_addr,
+        "localhost",
+        client_config(p.roots(), &[alpn], None),
+    )
+    .await
+    .expect("tls connect")
+}
+
+/// A raw HTTP/1.1 TLS connection to portico.
+pub async fn raw_tls(p: &Portico) -> TlsStream<TcpStream> {
+    raw_tls_alpn(p, b"http/1.1").await
 }
 
 /// Distinct names for the timestamped directories of successive updates.
