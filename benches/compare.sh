@@ -57,7 +57,14 @@ log "nginx: $($NGINX -v 2>&1 | head -1); haproxy: $($HAPROXY -v 2>&1 | head -1)"
 # ---------------------------------------------------------------- build
 log "building portico and the load client (release)"
 LOAD_BIN=$(load_bin)
-PORTICO_BIN=${PORTICO_BIN:-$ROOT/target/release/portico}
+# By default the profile-guided build, which the container image ships;
+# PORTICO_BIN=target/release/portico measures the plain `cargo build --release`.
+if [[ -z ${PORTICO_BIN:-} ]]; then
+    PORTICO_BIN=$(bash benches/pgo.sh)
+    PORTICO_BUILD="profile-guided (benches/pgo.sh)"
+fi
+PORTICO_BUILD=${PORTICO_BUILD:-$PORTICO_BIN}
+log "portico: $PORTICO_BUILD"
 [[ -x $LOAD_BIN && -x $PORTICO_BIN ]] || { echo "build failed" >&2; exit 1; }
 
 # ---------------------------------------------------------------- set up
@@ -75,15 +82,6 @@ export BENCH_CA=$TMP/certs/ca.pem
 UP_PORT=$(free_port)
 BENCH_UPSTREAM_ONLY=$UP_PORT BENCH_CLIENT_CPU=$CLIENT_CPU taskset -c "$CLIENT_CPU" "$LOAD_BIN" 2>"$TMP/upstream.log" &
 UPSTREAM_PID=$!
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2
-    return 1
-}
 
 # The header work every proxy does, to match what portico always does:
 # X-Forwarded-For/-Proto/-Host/-Port, Forwarded, X-Request-Id.
@@ -286,5 +284,5 @@ fi
 cp "$RESULTS" "$ROOT/benches/results.jsonl"
 python3 "$ROOT/benches/report.py" "$RESULTS" \
     --readme "$ROOT/benches/README.md" --svg "$ROOT/benches/results.svg" \
-    --meta "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')); $($NGINX -v 2>&1 | head -1 | sed 's/.*: //'); $($HAPROXY -v 2>&1 | head -1 | cut -d' ' -f1-3); ${ROUNDS} rounds x ${BENCH_SECS}s (+${BENCH_WARMUP_SECS}s warm-up); $(date -u +%F)"
+    --meta "portico $PORTICO_BUILD; $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')); $($NGINX -v 2>&1 | head -1 | sed 's/.*: //'); $($HAPROXY -v 2>&1 | head -1 | cut -d' ' -f1-3); ${ROUNDS} rounds x ${BENCH_SECS}s (+${BENCH_WARMUP_SECS}s warm-up); $(date -u +%F)"
 log "done in $(( $(date +%s) - started ))s; results in benches/README.md and benches/results.svg"

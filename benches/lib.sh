@@ -1,16 +1,39 @@
 # Shared by compare.sh and profile.sh: builds (release) and prints the path
 # of the load bench's executable.
 load_bin() {
-    cargo bench --bench load --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import sys, json
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "load" and m.get("executable"):
-        print(m["executable"])'
+    # Parsed with grep and sed, not python: benches/pgo.sh runs in the
+    # container image's build stage, which has no python.
+    cargo bench --bench load --no-run --locked --message-format=json 2>/dev/null |
+        grep '"name":"load"' | grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//'
 }
 
-# A free loopback port.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free loopback port: the kernel's choice where python is at hand, else a
+# random one that nothing answers on.
+free_port() {
+    if command -v python3 >/dev/null; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+        return
+    fi
+    local p
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+    return 1
+}
+
+# Waits up to 10 s for something to listen on loopback port $1.
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on $1" >&2
+    return 1
+}
 
 # For profile.sh and callgrind.sh: mints the bench's certificates into
 # $TMP/certs and starts its upstream alone on CPU 1; sets UP to its port and

@@ -1416,10 +1416,34 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
         .iter()
         .filter(|(i, _)| i == "COPY")
         .map(|(_, a)| a.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.contains(&"/src/target/release/portico"))
-        .expect("the final stage copies /src/target/release/portico");
-    assert!(copy[0].starts_with("--from="), "{copy:?}");
-    let dest = *copy.last().expect("dest");
+        .find(|w| w.first().is_some_and(|f| f.starts_with("--from=")))
+        .expect("the final stage copies the binary from the build stage");
+    assert_eq!(copy.len(), 3, "COPY --from=STAGE SRC DEST: {copy:?}");
+    let (src, dest) = (copy[1], copy[2]);
+    // The build stage puts the binary at SRC: by default the profile-guided
+    // build from benches/pgo.sh, with PGO=0 the plain release build.
+    let put = build
+        .iter()
+        .find(|(i, a)| i == "RUN" && a.contains(&format!("\" {src};")))
+        .map(|(_, a)| a.as_str())
+        .unwrap_or_else(|| panic!("no RUN in the build stage copies the binary to {src}"));
+    assert!(
+        put.contains("bin=$(bash benches/pgo.sh) && cp \"$bin\""),
+        "the default build is benches/pgo.sh's: {put}"
+    );
+    assert!(
+        put.contains(&format!("cp target/release/portico {src};")),
+        "PGO=0 copies the plain release build: {put}"
+    );
+    let pgo = std::fs::read_to_string(Path::new(ROOT).join("benches/pgo.sh")).expect("pgo.sh");
+    let pgo_builds: Vec<&str> = pgo.lines().filter(|l| l.contains("cargo build")).collect();
+    assert_eq!(pgo_builds.len(), 2, "instrumented and optimised builds");
+    for b in &pgo_builds {
+        assert!(
+            b.contains("cargo build --release --locked --bin portico"),
+            "{b}"
+        );
+    }
     let entry = fin
         .iter()
         .find(|(i, _)| i == "ENTRYPOINT")
