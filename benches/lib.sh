@@ -35,12 +35,17 @@ wait_port() {
     return 1
 }
 
-# For profile.sh and callgrind.sh: mints the bench's certificates into
-# $TMP/certs and starts its upstream alone on CPU 1; sets UP to its port and
-# adds its pid to PIDS.
+# For profile.sh, callgrind.sh and pgo.sh: mints the bench's certificates into
+# $TMP/certs and starts its upstream alone, on CPU 1 unless BENCH_PIN=0; sets UP
+# to its port, adds its pid to PIDS and waits until it listens.
 start_bench_upstream() {
     BENCH_WRITE_CERTS=$TMP/certs "$LOAD_BIN" >/dev/null
     UP=$(free_port)
-    BENCH_UPSTREAM_ONLY=$UP taskset -c 1 "$LOAD_BIN" 2>/dev/null &
+    if [[ ${BENCH_PIN:-1} == 0 ]]; then
+        BENCH_UPSTREAM_ONLY=$UP "$LOAD_BIN" 2>/dev/null &
+    else
+        BENCH_UPSTREAM_ONLY=$UP taskset -c 1 "$LOAD_BIN" 2>/dev/null &
+    fi
     PIDS+=($!)
+    wait_port "$UP"
 }

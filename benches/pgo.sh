@@ -64,11 +64,7 @@ cleanup() {
 }
 trap cleanup EXIT
 export BENCH_PIN=0
-BENCH_WRITE_CERTS=$TMP/certs "$LOAD_BIN" >/dev/null
-UP=$(free_port)
-BENCH_UPSTREAM_ONLY=$UP "$LOAD_BIN" 2>"$TMP/upstream.log" &
-PIDS+=($!)
-wait_port "$UP"
+start_bench_upstream
 
 # drive BINARY WORKERS SCENARIOS SECONDS: one portico process, driven, then
 # stopped with SIGTERM so that it drains (and, instrumented, writes its
