@@ -38,7 +38,7 @@ use crate::server::ConnActivity;
 use crate::shutdown::Drain;
 use crate::telemetry::{CodeCounters, Metrics, RouteKind};
 use crate::tls::ConnInfo;
-use crate::upstream::{classify_error, Upstream};
+use crate::upstream::{classify_error, Reuse, SendError, Sender, Upstream};
 use body::{OnDone, ReqBody, ReqProgress, RespBody};
 
 /// Everything the stack shares across connections.
@@ -616,7 +616,6 @@ fn prepare(
 /// Waits for the upstream's answer within `--request-timeout`, turns a
 /// failure into portico's answer, and joins an upgrade's two sides.
 async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
-    let cfg = &shared.cfg;
     let Exchange {
         upstream,
         route,
@@ -625,21 +624,37 @@ async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
         client_upgrade,
         req,
     } = x;
-    let send = upstream.send(req);
-    let result = match (cfg.request_timeout, &progress) {
-        (t, _) if t.is_zero() => send.await.map_err(Some),
-        (t, None) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r.map_err(Some),
-            Err(_) => Err(None),
-        },
-        (t, Some(p)) => {
-            tokio::select! {
-                r = send => r.map_err(Some),
-                _ = timeout_after_body(p, t) => Err(None),
-            }
+    // Only the wait is async: this future is moved into a box per request,
+    // so what it holds is copied each time. The send future is pinned in
+    // place, once, in the arm that makes it; awaited by value or through a
+    // wrapper future, it would be moved (and given room) again per layer.
+    let result = match upstream.sender() {
+        Sender::H1(pool) => {
+            let send = std::pin::pin!(pool.send(req));
+            within(send, &shared.cfg, &progress)
+                .await
+                .map(|(r, c)| (r, Some(c)))
+        }
+        Sender::H2(h2) => {
+            let send = std::pin::pin!(h2.send(req));
+            within(send, &shared.cfg, &progress)
+                .await
+                .map(|r| (r, None))
         }
     };
+    answered(&shared, &upstream, route, h1, client_upgrade, result)
+}
 
+/// The upstream's answer (or why there is none) turned into the client's.
+fn answered(
+    shared: &Shared,
+    upstream: &Upstream,
+    route: usize,
+    h1: bool,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    result: Result<(Response<Incoming>, Option<Reuse>), Option<SendError>>,
+) -> Response<RespBody> {
+    let cfg = &shared.cfg;
     let (mut resp, reuse) = match result {
         Ok(r) => r,
         Err(None) => {
@@ -693,6 +708,28 @@ async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
     };
     let reuse = if switching { None } else { reuse };
     Response::from_parts(parts, RespBody::upstream(body, body_timeout, reuse))
+}
+
+/// Waits for `send` within `--request-timeout`, counted from the end of the
+/// request body when it has one; `Err(None)` when that passes.
+async fn within<T>(
+    mut send: Pin<&mut impl Future<Output = Result<T, SendError>>>,
+    cfg: &Config,
+    progress: &Option<Arc<ReqProgress>>,
+) -> Result<T, Option<SendError>> {
+    match (cfg.request_timeout, progress) {
+        (t, _) if t.is_zero() => send.await.map_err(Some),
+        (t, None) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
+        },
+        (t, Some(p)) => {
+            tokio::select! {
+                r = &mut send => r.map_err(Some),
+                _ = timeout_after_body(p, t) => Err(None),
+            }
+        }
+    }
 }
 
 async fn timeout_after_body(p: &ReqProgress, t: Duration) {

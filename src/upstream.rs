@@ -268,35 +268,53 @@ impl Upstream {
         matches!(self.client, Pooled::H2(_))
     }
 
-    /// Sends `req` (origin-form target) to this primary; with HTTP/1.1, the
-    /// connection to return to the pool when the response body has ended.
-    pub async fn send(
-        &self,
-        mut req: Request<ReqBody>,
-    ) -> Result<(Response<Incoming>, Option<Reuse>), SendError> {
+    /// What requests to this primary are sent with. Each kind's send future
+    /// is awaited in place by the exchange: behind one `send` for both, it
+    /// would be moved once more per request, and sized for the larger.
+    pub fn sender(&self) -> Sender<'_> {
         match &self.client {
-            Pooled::H1(pool) => pool.send(req).await.map(|(r, x)| (r, Some(x))),
-            Pooled::H2(client) => {
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-                if let Ok(u) = http::Uri::builder()
-                    .scheme("http")
-                    .authority(self.base.clone())
-                    .path_and_query(path)
-                    .build()
-                {
-                    *req.uri_mut() = u;
-                }
-                client
-                    .request(req)
-                    .await
-                    .map(|r| (r, None))
-                    .map_err(SendError::Legacy)
-            }
+            Pooled::H1(pool) => Sender::H1(pool),
+            Pooled::H2(client) => Sender::H2(H2Sender {
+                client,
+                base: &self.base,
+            }),
         }
+    }
+}
+
+/// How requests reach a primary.
+pub enum Sender<'a> {
+    /// portico's pool of HTTP/1.1 connections; a response comes with its
+    /// connection, to return to the pool when its body has ended.
+    H1(&'a Arc<H1Pool>),
+    /// hyper-util's client, multiplexing on h2c.
+    H2(H2Sender<'a>),
+}
+
+/// Sends to an h2c primary.
+pub struct H2Sender<'a> {
+    client: &'a Client<Connector, ReqBody>,
+    base: &'a http::uri::Authority,
+}
+
+impl H2Sender<'_> {
+    /// Sends `req` (origin-form target) with the primary's scheme and
+    /// authority.
+    pub async fn send(self, mut req: Request<ReqBody>) -> Result<Response<Incoming>, SendError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        if let Ok(u) = http::Uri::builder()
+            .scheme("http")
+            .authority(self.base.clone())
+            .path_and_query(path)
+            .build()
+        {
+            *req.uri_mut() = u;
+        }
+        self.client.request(req).await.map_err(SendError::Legacy)
     }
 }
 
