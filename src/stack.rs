@@ -613,8 +613,8 @@ fn prepare(
     })
 }
 
-/// Waits for the upstream's answer within `--request-timeout`, turns a
-/// failure into portico's answer, and joins an upgrade's two sides.
+/// Sends the request and waits for the upstream's answer within
+/// `--request-timeout`; [`answered`] makes the client's response of it.
 async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
     let Exchange {
         upstream,
@@ -645,7 +645,8 @@ async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
     answered(&shared, &upstream, route, h1, client_upgrade, result)
 }
 
-/// The upstream's answer (or why there is none) turned into the client's.
+/// The upstream's answer turned into the client's: a failure into portico's
+/// answer, a `101` into a spawned join of the upgrade's two sides.
 fn answered(
     shared: &Shared,
     upstream: &Upstream,
