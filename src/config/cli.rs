@@ -35,13 +35,15 @@ pub struct Opts {
     /// The primary: http://HOST:PORT, h2c://HOST:PORT or unix:/PATH [default: http://127.0.0.1:8080].
     #[arg(long, global = true, env = "PORTICO_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
-    /// [HOST]PATH=URL; repeatable. Longest path prefix wins.
+    /// Routes, each `[HOST]PATH=URL`; repeatable, the longest path prefix wins.
     #[arg(
         long,
         global = true,
         env = "PORTICO_ROUTE",
         value_name = "SPEC",
-        value_delimiter = ','
+        value_delimiter = ',',
+        // Not the doc comment: rustdoc would read `[HOST]` as a link.
+        help = "[HOST]PATH=URL; repeatable. Longest path prefix wins"
     )]
     pub route: Vec<String>,
     /// PEM certificate chain, leaf first.
