@@ -701,13 +701,19 @@ fn answered(
         }
     }
     let (mut parts, body) = resp.into_parts();
+    // A length beside a coding: hyper read the body by its chunks, and RFC
+    // 9112 section 6.3 has an intermediary remove the length before passing
+    // the message on (kept, it cut the body short for an HTTP/1.1 client).
+    // The framing was in doubt, so the connection is not used again.
+    let doubtful = parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.remove(header::CONTENT_LENGTH).is_some();
     headers::strip_hop_by_hop(&mut parts.headers, switching, false);
     let body_timeout = if switching {
         Duration::ZERO
     } else {
         cfg.body_timeout
     };
-    let reuse = if switching { None } else { reuse };
+    let reuse = if switching || doubtful { None } else { reuse };
     Response::from_parts(parts, RespBody::upstream(body, body_timeout, reuse))
 }
 

@@ -1965,6 +1965,94 @@ async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502()
     }
 }
 
+/// SPEC 502 `bad-upstream-response`: a response head whose framing cannot be
+/// trusted (two different `Content-Length`s, one that is not a number) is
+/// refused, never forwarded with a guessed length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_conflicting_or_malformed_content_length_is_502_bad_upstream_response() {
+    let _shared = SERIAL.read().await;
+    for head in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok!",
+        "HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok",
+    ] {
+        let (url, _up) = raw_upstream(move |mut s| async move {
+            let _ = s.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        })
+        .await;
+        let p = start(&url, |_, _, _| {}).await;
+        let got = tokio::time::timeout(MS(3000), p.get("/"))
+            .await
+            .unwrap_or_else(|_| panic!("{head:?}: an answer within 3s"));
+        assert_eq!(got.status, 502, "{head:?}");
+        assert_eq!(
+            got.header("portico-error"),
+            Some("bad-upstream-response"),
+            "{head:?}"
+        );
+    }
+}
+
+/// A chunked response that also states a length is read by its chunks (RFC
+/// 9112: the coding wins), its trailers dropped for an HTTP/1.1 client that
+/// did not ask for them, its length removed (RFC 9112 section 6.3), and its
+/// connection is not used again: the framing was in doubt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_chunked_response_with_a_length_is_dechunked_and_its_connection_not_reused() {
+    let _shared = SERIAL.read().await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let (url, _up) = raw_upstream(move |mut s| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut buf = [0u8; 4096];
+            let mut first = true;
+            loop {
+                let answer: &[u8] = if first {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+                      5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nx-trailer: t\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain"
+                };
+                first = false;
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                // The next request on this connection, if one comes.
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }
+    })
+    .await;
+    let p = start(&url, |cfg, _, _| {
+        cfg.admin_listen = None;
+        cfg.ready_check = portico::config::ReadyCheck::None;
+    })
+    .await;
+    let got = p.get("/").await;
+    assert_eq!(
+        (got.status.as_u16(), got.text()),
+        (200, "hello!".to_string())
+    );
+    assert_eq!(got.header("content-length"), None, "{got:?}");
+    for _ in 0..3 {
+        let got = p.get("/").await;
+        assert_eq!(
+            (got.status.as_u16(), got.text()),
+            (200, "hello!".to_string())
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "each doubtful response closed its connection"
+    );
+}
+
 /// `--body-timeout` cuts a body that moves no byte, not a slow one: an
 /// upstream trickling a byte every 50 ms (`--body-timeout 1s`) delivers its
 /// whole body, over HTTP/1.1 and HTTP/2.
