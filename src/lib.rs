@@ -9,6 +9,8 @@
 //! [`telemetry`], and [`app`], which wires them.
 
 pub mod admin;
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod app;
 pub mod certs;
 pub mod config;

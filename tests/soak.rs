@@ -24,9 +24,16 @@
 //! every request is counted: sent == good, and no failure of any kind. After
 //! the load, with every client closed and portico's idle upstream connections
 //! expired (its pool keeps them 30 s, reaped on a 30 s tick), the process's
-//! open file descriptors are back within 10 of the idle baseline, and its
-//! resident memory within 32 MiB of the baseline taken after the warm-up (so
-//! that memory the allocator keeps for the working set is not read as a leak).
+//! open file descriptors are back within 10 of the idle baseline; the bytes
+//! live in its heap (counted by a wrapper around the global allocator) within
+//! 8 MiB of what was live with portico idle before any client, so nothing
+//! outlives its request; and its resident memory within 32 MiB of the
+//! baseline taken after the warm-up (so that memory the allocator keeps for
+//! the working set is not read as a leak). The process runs under the
+//! allocator the binary ships with (mimalloc, through `portico::alloc`): a
+//! test binary would otherwise get glibc's malloc, whose arenas keep a
+//! share of the freed body buffers resident and so measure glibc, not
+//! portico.
 mod support;
 use support::*;
 
@@ -240,6 +247,53 @@ fn fd_report(roles: &[(u16, &str)]) -> String {
         *kinds.entry(kind).or_default() += 1;
     }
     format!("{kinds:#?}")
+}
+
+/// The allocator the binary ships with (mimalloc; the system's under
+/// `--no-default-features`), counting the bytes live in it.
+struct Counting;
+
+#[cfg(feature = "mimalloc")]
+static INNER: portico::alloc::MiMalloc = portico::alloc::MiMalloc;
+#[cfg(not(feature = "mimalloc"))]
+static INNER: std::alloc::System = std::alloc::System;
+
+static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed to `INNER` unchanged; the counter is all that
+// is added.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { INNER.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { INNER.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE_BYTES.fetch_sub(l.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { INNER.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(l.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { INNER.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes allocated and not yet freed, in KiB: the whole test process, clients
+/// and upstreams included.
+fn live_kib() -> u64 {
+    LIVE_BYTES.load(Ordering::Relaxed) >> 10
 }
 
 fn rss_kib() -> u64 {
@@ -568,10 +622,12 @@ async fn soak_mixed_load_loses_nothing_and_gives_back_fds_and_memory() {
     // File descriptors: the baseline is portico idle, before any client.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fd_base = open_fds();
+    let live_idle = live_kib();
 
-    // Memory: the baseline is after a short run of the same load, so that what
-    // the allocator keeps for the working set (glibc arenas, per-thread caches)
-    // and lazily made things are in it; what grows after that is what counts.
+    // Resident memory: the baseline is after a short run of the same load, so
+    // that what the allocator keeps for the working set (per-thread caches,
+    // segments not yet purged) and lazily made things are in it; what grows
+    // after that is what counts.
     let warm = Arc::new(Tally::default());
     let mut tasks = load(
         addr,
@@ -680,11 +736,14 @@ async fn soak_mixed_load_loses_nothing_and_gives_back_fds_and_memory() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let rss = rss_kib();
+    let live = live_kib();
     eprintln!(
         "soak: after {:.1?} settle: {fds} fds (baseline {fd_base}), {rss} KiB RSS \
-         (baseline {rss_base}, {:+} KiB); connections open per metrics: {:?}",
+         (baseline {rss_base}, {:+} KiB), {live} KiB live in the heap ({live_idle} \
+         before any client, {:+} KiB); connections open per metrics: {:?}",
         settle.elapsed(),
         rss as i64 - rss_base as i64,
+        live as i64 - live_idle as i64,
         metric(&p.metrics_text(), "portico_connections_open"),
     );
     assert!(
@@ -696,6 +755,11 @@ async fn soak_mixed_load_loses_nothing_and_gives_back_fds_and_memory() {
             (up_addr.port(), "upstream"),
             (ws_addr.port(), "ws-upstream"),
         ])
+    );
+    assert!(
+        live <= live_idle + 8 * 1024,
+        "heap: {live} KiB live after the load, {live_idle} KiB with portico idle \
+         before any client: something outlived its request or connection"
     );
     assert!(
         rss <= rss_base + 32 * 1024,
