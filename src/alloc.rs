@@ -1,14 +1,48 @@
 //! The global allocator the binary uses: mimalloc, called through its plain
-//! entry points. In the library so that the soak test can run portico under
-//! the allocator it ships with (a test binary otherwise gets glibc's malloc).
+//! entry points, and told to give freed memory back when a worker goes idle.
+//! In the library so that the soak test can run portico under the allocator
+//! it ships with (a test binary otherwise gets glibc's malloc).
 #![allow(unsafe_code)]
 
 use libmimalloc_sys::{
-    mi_free, mi_malloc, mi_malloc_aligned, mi_realloc, mi_realloc_aligned, mi_zalloc,
+    mi_collect, mi_free, mi_malloc, mi_malloc_aligned, mi_realloc, mi_realloc_aligned, mi_zalloc,
     mi_zalloc_aligned,
 };
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::ffi::c_void;
+use std::time::{Duration, Instant};
+
+/// The least time between two collections on one worker thread.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+/// For the runtime's `on_thread_park`: as a worker goes idle, at most once a
+/// second, let mimalloc free the pages this thread emptied and purge (return
+/// to the OS) what has been free longer than its purge delay.
+///
+/// mimalloc does that work only from the allocation and free calls of the
+/// thread that owns a page, so a worker that goes idle after a burst kept
+/// everything the burst freed resident until it was busy again: +54 MiB in
+/// the soak test with 1.1 MiB live, -10 MiB once each worker had collected.
+/// A normal (not forced) collection leaves full pages and the purge delay to
+/// mimalloc, so a busy worker pays one call a second.
+pub fn collect_when_idle() {
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    LAST.with(|last| {
+        let now = Instant::now();
+        if last
+            .get()
+            .is_some_and(|t| now.duration_since(t) < COLLECT_EVERY)
+        {
+            return;
+        }
+        last.set(Some(now));
+        // SAFETY: a plain C call about the calling thread's own heap.
+        unsafe { mi_collect(false) }
+    });
+}
 
 /// mimalloc through its plain `malloc` entry points where they already
 /// give the alignment asked for.

@@ -49,6 +49,22 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
+/// The tokio runtime portico runs on: one worker is a current-thread runtime,
+/// with no work-stealing machinery to pay for; workers give freed memory back
+/// to the OS as they go idle (`alloc::collect_when_idle`).
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    #[cfg(feature = "mimalloc")]
+    builder.on_thread_park(crate::alloc::collect_when_idle);
+    builder.enable_all().build()
+}
+
 /// Loads every certificate and the client CA; errors name the file.
 pub fn load(cfg: &Config) -> Result<Loaded, StartError> {
     let provider = tls::provider();

@@ -58,15 +58,7 @@ fn main() -> ExitCode {
         };
     }
 
-    // One worker: a current-thread runtime, with no work-stealing machinery to pay for.
-    let mut builder = if cfg.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(cfg.workers);
-        b
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match app::runtime(cfg.workers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portico: cannot start the runtime: {e}");

@@ -586,9 +586,17 @@ fn load(
     tasks
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+/// Run on the runtime the binary builds (`app::runtime`), so that its workers
+/// give memory back as they do in portico.
+#[test]
 #[ignore = "slow (about two minutes): cargo test --release --test soak -- --ignored"]
-async fn soak_mixed_load_loses_nothing_and_gives_back_fds_and_memory() {
+fn soak_mixed_load_loses_nothing_and_gives_back_fds_and_memory() {
+    portico::app::runtime(4)
+        .expect("the runtime")
+        .block_on(soak());
+}
+
+async fn soak() {
     let load_for = Duration::from_secs(
         std::env::var("SOAK_SECONDS")
             .ok()
