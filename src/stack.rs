@@ -38,7 +38,7 @@ use crate::server::ConnActivity;
 use crate::shutdown::Drain;
 use crate::telemetry::{CodeCounters, Metrics, RouteKind};
 use crate::tls::ConnInfo;
-use crate::upstream::{classify_error, Reuse, SendError, Sender, Upstream};
+use crate::upstream::{classify_error, H1Response, SendError, Sender, Upstream};
 use body::{OnDone, ReqBody, ReqProgress, RespBody};
 
 /// Everything the stack shares across connections.
@@ -630,10 +630,12 @@ async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
     // wrapper future, it would be moved (and given room) again per layer.
     let result = match upstream.sender() {
         Sender::H1(pool) => {
-            let send = std::pin::pin!(pool.send(req));
-            within(send, &shared.cfg, &progress)
-                .await
-                .map(|(r, c)| (r, Some(c)))
+            // Upgrades, CONNECT and uploads go through hyper's client.
+            let raw = client_upgrade.is_none()
+                && req.method() != Method::CONNECT
+                && http_body::Body::is_end_stream(req.body());
+            let send = std::pin::pin!(pool.send(req, raw));
+            within(send, &shared.cfg, &progress).await
         }
         Sender::H2(h2) => {
             let send = std::pin::pin!(h2.send(req));
@@ -653,7 +655,7 @@ fn answered(
     route: usize,
     h1: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    result: Result<(Response<Incoming>, Option<Reuse>), Option<SendError>>,
+    result: Result<H1Response, Option<SendError>>,
 ) -> Response<RespBody> {
     let cfg = &shared.cfg;
     let (mut resp, reuse) = match result {

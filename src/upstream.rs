@@ -23,8 +23,10 @@ use crate::error::ErrorKind;
 use crate::routing::UpstreamAddr;
 use crate::stack::body::{BodyError, ReqBody};
 
+pub mod h1;
 mod pool;
-pub use pool::{H1Pool, Reuse};
+pub use h1::{RawBody, RawError};
+pub use pool::{H1Pool, H1Response, Reuse};
 
 /// Why a connect failed.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +200,46 @@ pub enum SendError {
     /// The h2c client failed.
     #[error(transparent)]
     Legacy(hyper_util::client::legacy::Error),
+    /// portico's own HTTP/1.1 exchange failed.
+    #[error(transparent)]
+    Raw(RawError),
+}
+
+/// A response body from a primary: read by portico itself, or by hyper.
+pub enum UpstreamBody {
+    /// Read on a [`h1::RawConn`].
+    Raw(RawBody),
+    /// Read by hyper's client (uploads, upgrades, h2c).
+    Hyper(Incoming),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Raw(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Raw(b) => b.is_end_stream(),
+            Self::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Raw(b) => b.size_hint(),
+            Self::Hyper(b) => b.size_hint(),
+        }
+    }
 }
 
 /// One primary: its address, the authority requests are sent with, and its
@@ -300,7 +342,10 @@ pub struct H2Sender<'a> {
 impl H2Sender<'_> {
     /// Sends `req` (origin-form target) with the primary's scheme and
     /// authority.
-    pub async fn send(self, mut req: Request<ReqBody>) -> Result<Response<Incoming>, SendError> {
+    pub async fn send(
+        self,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let path = req
             .uri()
             .path_and_query()
@@ -314,7 +359,11 @@ impl H2Sender<'_> {
         {
             *req.uri_mut() = u;
         }
-        self.client.request(req).await.map_err(SendError::Legacy)
+        self.client
+            .request(req)
+            .await
+            .map(|r| r.map(UpstreamBody::Hyper))
+            .map_err(SendError::Legacy)
     }
 }
 
@@ -324,6 +373,8 @@ pub fn classify_error(e: &SendError) -> ErrorKind {
         SendError::Connect(c) => Some(c),
         SendError::Http(h) => Some(h),
         SendError::Legacy(l) => Some(l),
+        SendError::Raw(RawError::Bad(_)) => return ErrorKind::BadUpstreamResponse,
+        SendError::Raw(RawError::Io(_)) => return ErrorKind::UpstreamReset,
     };
     while let Some(err) = src {
         if let Some(c) = err.downcast_ref::<ConnectError>() {
@@ -337,6 +388,8 @@ pub fn classify_error(e: &SendError) -> ErrorKind {
             return match b {
                 BodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
                 BodyError::Timeout(_) | BodyError::Peer(_) => ErrorKind::BadRequest,
+                // Only response bodies raise it; a send never sees one.
+                BodyError::Upstream(_) => ErrorKind::UpstreamReset,
             };
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {

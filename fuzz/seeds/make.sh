@@ -152,5 +152,19 @@ put("pem_pair", "rsa-pkcs1-chain", pair(rd("server-rsa.pem") + ca, rd("server-rs
 put("pem_pair", "ed25519", pair(rd("server-ed.pem"), rd("server-ed.key")))
 put("pem_pair", "mismatch", pair(rd("server-ec.pem"), rd("client-ec.key")))
 put("pem_pair", "no-key", pair(rd("client-ec.pem"), b""))
+
+# h1_response: a flag byte (1: HEAD), the read size less one, the primary's bytes.
+def resp(name, flags, piece, raw):
+    put("h1_response", name, bytes([flags, piece]) + raw)
+resp("length", 0, 3, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx: y\r\n\r\nhello")
+resp("chunked-trailers", 0, 0, b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+     b"5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\ngrpc-status: 0\r\n\r\n")
+resp("interim", 0, 7, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+     b"HTTP/1.1 204 No Content\r\n\r\n")
+resp("head", 1, 255, b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n")
+resp("close-delimited", 0, 1, b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+resp("length-and-chunked", 0, 16, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+resp("lengths", 0, 31, b"HTTP/1.1 304 Not Modified\r\ncontent-length: 2, 2\r\nconnection: keep-alive, close\r\n\r\n")
+resp("switching", 0, 2, b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nframes")
 PY
 echo "seeds written under fuzz/corpus/"

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::server::ConnActivity;
-use crate::upstream::Reuse;
+use crate::upstream::{Reuse, UpstreamBody};
 
 /// An error a body wrapper raises itself.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,9 @@ pub enum BodyError {
     /// The peer's body failed.
     #[error(transparent)]
     Peer(#[from] hyper::Error),
+    /// The primary's response body failed.
+    #[error("the primary's response body failed: {0}")]
+    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// An idle timer for a body: armed on the first `Pending`, re-armed lazily.
@@ -318,7 +321,7 @@ pub struct RespBody {
 }
 
 enum RespInner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -339,7 +342,7 @@ impl RespBody {
     }
 
     /// The upstream's body, cut after `timeout` without a byte.
-    pub fn upstream(inner: Incoming, timeout: Duration, reuse: Option<Reuse>) -> Self {
+    pub fn upstream(inner: UpstreamBody, timeout: Duration, reuse: Option<Reuse>) -> Self {
         Self {
             inner: RespInner::Upstream(inner),
             timer: IdleTimer::new(timeout),
@@ -413,7 +416,7 @@ impl Body for RespBody {
         let polled = match &mut this.inner {
             RespInner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespInner::Upstream(inner) => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(r) => Poll::Ready(r.map(|r| r.map_err(BodyError::Peer))),
+                Poll::Ready(r) => Poll::Ready(r.map(|r| r.map_err(BodyError::Upstream))),
                 Poll::Pending => {
                     if this.timer.poll_expired(cx) {
                         return Poll::Ready(Some(Err(BodyError::Timeout(this.timer.timeout))));

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::{Method, Request, Response};
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::{Connector, SendError};
+use super::h1::{self, Again, RawConn};
+use super::{Connector, SendError, Stream, UpstreamBody};
 use crate::stack::body::ReqBody;
 
 /// How far hyper grows a connection's read buffer; it also limits the
@@ -27,16 +27,32 @@ use crate::stack::body::ReqBody;
 /// connections that had carried large bodies kept about that much each.
 const READ_BUF_MAX: usize = 64 * 1024;
 
+/// An idle connection: one portico drives itself, or one with hyper's
+/// client task (it carried an upload).
+enum Conn {
+    Raw(RawConn),
+    Hyper(SendRequest<ReqBody>),
+}
+
+impl Conn {
+    fn closed(&self) -> bool {
+        match self {
+            Self::Raw(c) => c.closed(),
+            Self::Hyper(tx) => tx.is_closed(),
+        }
+    }
+}
+
 /// An idle connection and when it went idle.
 struct Idle {
-    tx: SendRequest<ReqBody>,
+    conn: Conn,
     since: Instant,
 }
 
 impl Idle {
-    /// Idle too long to be used, or closed by the primary.
-    fn stale(&self, now: Instant, timeout: Duration) -> bool {
-        now.saturating_duration_since(self.since) > timeout || self.tx.is_closed()
+    /// Idle too long to be used.
+    fn expired(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.since) > timeout
     }
 }
 
@@ -48,8 +64,8 @@ pub struct H1Pool {
     reaper: AtomicBool,
 }
 
-/// A connection whose response is still being read; it goes back to its pool
-/// once the response body has ended.
+/// A connection whose response is still being read by hyper; it goes back to
+/// its pool once the response body has ended.
 pub struct Reuse {
     tx: SendRequest<ReqBody>,
     pool: Arc<H1Pool>,
@@ -59,8 +75,20 @@ impl Reuse {
     /// Returns the connection to its pool. hyper has usually finished with
     /// the exchange by then; a checkout takes only a connection that is ready.
     pub fn put(self) {
-        self.pool.put(self.tx);
+        self.pool.put(Conn::Hyper(self.tx));
     }
+}
+
+/// A response from the primary, with the body of whichever client read it.
+pub type H1Response = (Response<UpstreamBody>, Option<Reuse>);
+
+/// Methods a request of which may go again when its connection failed before
+/// any byte of an answer (RFC 9110 section 9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 impl H1Pool {
@@ -85,53 +113,72 @@ impl H1Pool {
         self.lock().len()
     }
 
-    fn put(&self, tx: SendRequest<ReqBody>) {
-        if tx.is_closed() {
-            return;
+    /// Returns a raw connection whose response has ended.
+    pub(super) fn put_raw(&self, c: RawConn) {
+        self.put(Conn::Raw(c));
+    }
+
+    fn put(&self, conn: Conn) {
+        if let Conn::Hyper(tx) = &conn {
+            if tx.is_closed() {
+                return;
+            }
         }
         let now = Instant::now();
         let mut idle = self.lock();
         Self::expire(&mut idle, now, self.idle_timeout);
-        idle.push_back(Idle { tx, since: now });
+        idle.push_back(Idle { conn, since: now });
     }
 
     /// Drops connections idle for longer than `timeout`: they are the oldest,
     /// at the front.
     fn expire(idle: &mut VecDeque<Idle>, now: Instant, timeout: Duration) {
-        while idle.front().is_some_and(|i| i.stale(now, timeout)) {
+        while idle.front().is_some_and(|i| i.expired(now, timeout)) {
             idle.pop_front();
         }
     }
 
-    /// The newest idle connection that is ready for a request. One whose
-    /// response ended while hyper still sends its request body (a primary
-    /// that answered early) stays in the pool: taking it would hold this
-    /// request behind that upload.
-    fn pop(&self) -> Option<SendRequest<ReqBody>> {
+    /// The newest idle connection that `fits`, skipping (and dropping) those
+    /// that expired or were closed. A hyper connection whose response ended
+    /// while it still sends its request body (a primary that answered early)
+    /// is not ready, and stays: taking it would hold this request behind that
+    /// upload.
+    fn pop(&self, fits: impl Fn(&Conn) -> bool) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.lock();
-        let mut busy = Vec::new();
+        let mut skipped = Vec::new();
         let mut found = None;
         while let Some(i) = idle.pop_back() {
-            if i.stale(now, self.idle_timeout) {
-                continue;
-            }
-            if i.tx.is_ready() {
-                found = Some(i.tx);
+            if i.expired(now, self.idle_timeout) {
+                // Everything before it is older still.
+                idle.clear();
                 break;
             }
-            busy.push(i);
+            if i.conn.closed() {
+                continue;
+            }
+            let ready = match &i.conn {
+                Conn::Hyper(tx) => tx.is_ready(),
+                Conn::Raw(_) => true,
+            };
+            if ready && fits(&i.conn) {
+                found = Some(i.conn);
+                break;
+            }
+            skipped.push(i);
         }
-        idle.extend(busy.into_iter().rev());
+        idle.extend(skipped.into_iter().rev());
         found
     }
 
-    /// A ready connection: an idle one, else a new one; `true` if reused.
-    async fn checkout(self: &Arc<Self>) -> Result<(SendRequest<ReqBody>, bool), SendError> {
-        if let Some(tx) = self.pop() {
-            return Ok((tx, true));
-        }
+    /// A new connection.
+    async fn connect(&self) -> Result<RawConn, SendError> {
         let io = self.connector.connect().await.map_err(SendError::Connect)?;
+        Ok(RawConn::new(io))
+    }
+
+    /// Puts hyper's client on a connection.
+    async fn hyper(self: &Arc<Self>, io: Stream) -> Result<SendRequest<ReqBody>, SendError> {
         let (tx, conn) = Builder::new()
             .max_buf_size(READ_BUF_MAX)
             .handshake(TokioIo::new(io))
@@ -142,8 +189,7 @@ impl H1Pool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        self.start_reaper();
-        Ok((tx, false))
+        Ok(tx)
     }
 
     /// Closes connections left idle when no request comes to take or return
@@ -159,24 +205,74 @@ impl H1Pool {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
-                Self::expire(&mut pool.lock(), Instant::now(), pool.idle_timeout);
+                let mut idle = pool.lock();
+                Self::expire(&mut idle, Instant::now(), pool.idle_timeout);
+                // Connections the primary closed hold a socket until taken.
+                idle.retain(|i| !i.conn.closed());
             }
         });
     }
 
-    /// Sends `req` on an idle connection or a new one. A request that found
-    /// its pooled connection closed before any of it was written goes again
-    /// on another, as the primary never saw it.
+    /// Sends `req` on an idle connection or a new one. A request without a
+    /// body (`raw`; not an upgrade) goes on a connection portico drives
+    /// itself, others through hyper's client. A request that found its
+    /// pooled connection closed goes again on another when the primary
+    /// cannot have seen it, or, if it is idempotent, when the connection
+    /// ended without a byte of answer: the race with a primary closing an
+    /// idle connection that nginx and browsers also retry.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<ReqBody>,
-    ) -> Result<(Response<Incoming>, Reuse), SendError> {
+        req: Request<ReqBody>,
+        raw: bool,
+    ) -> Result<H1Response, SendError> {
+        if raw {
+            self.send_raw(req).await
+        } else {
+            self.send_hyper(req).await
+        }
+    }
+
+    async fn send_raw(self: &Arc<Self>, req: Request<ReqBody>) -> Result<H1Response, SendError> {
+        let (parts, _) = req.into_parts();
+        let mut head = Vec::with_capacity(512);
+        h1::encode_head(&parts, &mut head);
+        let idempotent = idempotent(&parts.method);
         loop {
-            let (mut tx, reused) = self.checkout().await?;
+            let (conn, reused) = match self.pop(|c| matches!(c, Conn::Raw(_))) {
+                Some(Conn::Raw(c)) => (c, true),
+                _ => {
+                    let c = self.connect().await?;
+                    self.start_reaper();
+                    (c, false)
+                }
+            };
+            match h1::exchange(conn, &head, &parts.method, self).await {
+                Ok(resp) => return Ok((resp.map(UpstreamBody::Raw), None)),
+                Err((_, Again::Always)) if reused => continue,
+                Err((_, Again::IfIdempotent)) if reused && idempotent => continue,
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn send_hyper(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+    ) -> Result<H1Response, SendError> {
+        loop {
+            let (mut tx, reused) = match self.pop(|_| true) {
+                Some(Conn::Hyper(tx)) => (tx, true),
+                Some(Conn::Raw(c)) => (self.hyper(c.into_stream()).await?, true),
+                None => {
+                    let c = self.connect().await?;
+                    self.start_reaper();
+                    (self.hyper(c.into_stream()).await?, false)
+                }
+            };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let pool = self.clone();
-                    return Ok((resp, Reuse { tx, pool }));
+                    return Ok((resp.map(UpstreamBody::Hyper), Some(Reuse { tx, pool })));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
@@ -191,6 +287,7 @@ impl H1Pool {
 mod tests {
     use super::*;
     use crate::routing::UpstreamAddr;
+    use crate::upstream::RawError;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -205,6 +302,14 @@ mod tests {
     /// A primary that answers every request `ok` with keep-alive, and reports
     /// each connection it accepts and when each one reaches EOF.
     async fn primary() -> (String, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+        primary_answering(usize::MAX).await
+    }
+
+    /// A [`primary`] that answers `answers` requests on each connection and
+    /// closes it when it has read the next one.
+    async fn primary_answering(
+        answers: usize,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -215,6 +320,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
+                    let mut answered = 0;
                     loop {
                         match s.read(&mut buf).await {
                             Ok(0) | Err(_) => {
@@ -225,6 +331,11 @@ mod tests {
                         }
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
+                            if answered == answers {
+                                let _ = tx.send("eof");
+                                return;
+                            }
+                            answered += 1;
                             let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                             if s.write_all(answer).await.is_err() {
                                 return;
@@ -249,10 +360,12 @@ mod tests {
         (Arc::new(H1Pool::new(c, idle_timeout)), events)
     }
 
-    async fn body(resp: Response<Incoming>, reuse: Reuse) -> String {
+    async fn body(resp: Response<UpstreamBody>, reuse: Option<Reuse>) -> String {
         use http_body_util::BodyExt;
         let b = resp.into_body().collect().await.expect("body").to_bytes();
-        reuse.put();
+        if let Some(r) = reuse {
+            r.put();
+        }
         String::from_utf8_lossy(&b).into_owned()
     }
 
@@ -260,7 +373,7 @@ mod tests {
     async fn a_connection_comes_back_when_its_body_ends_and_is_taken_again() {
         let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
         for _ in 0..5 {
-            let (resp, reuse) = pool.send(get("/")).await.expect("answer");
+            let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
             assert_eq!(resp.status(), 200);
             assert_eq!(body(resp, reuse).await, "ok");
             assert_eq!(pool.idle_count(), 1);
@@ -272,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_idle_past_the_idle_timeout_is_closed_without_a_request() {
         let (pool, mut events) = pool_to_primary(Duration::from_millis(100)).await;
-        let (resp, reuse) = pool.send(get("/")).await.expect("answer");
+        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
         assert_eq!(body(resp, reuse).await, "ok");
         assert_eq!(events.recv().await, Some("accepted"));
         let eof = tokio::time::timeout(Duration::from_secs(2), events.recv()).await;
@@ -283,10 +396,10 @@ mod tests {
     #[tokio::test]
     async fn a_connection_whose_body_was_not_read_to_its_end_is_not_reused() {
         let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
-        let (resp, reuse) = pool.send(get("/")).await.expect("answer");
+        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
         drop((resp, reuse));
         assert_eq!(pool.idle_count(), 0);
-        let (resp, reuse) = pool.send(get("/")).await.expect("answer");
+        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
         assert_eq!(body(resp, reuse).await, "ok");
         let mut seen = Vec::new();
         for _ in 0..3 {
@@ -294,5 +407,68 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, ["accepted", "accepted", "eof"]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_primary_closed_while_idle_is_not_used() {
+        let (addr, mut events) = primary_answering(1).await;
+        let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
+        let pool = Arc::new(H1Pool::new(c, Duration::from_secs(30)));
+        for _ in 0..3 {
+            let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
+            assert_eq!(body(resp, reuse).await, "ok");
+        }
+        let mut seen = Vec::new();
+        while let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+        {
+            seen.push(e);
+        }
+        assert_eq!(seen.iter().filter(|e| **e == "accepted").count(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_goes_again_when_its_reused_connection_closes_unanswered() {
+        let (addr, _events) = primary_answering(1).await;
+        let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
+        let pool = Arc::new(H1Pool::new(c, Duration::from_secs(30)));
+        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(resp, reuse).await, "ok");
+        // The pooled connection looks alive, so the next request is written
+        // to it; the primary reads it and closes without a byte of answer.
+        let (resp, reuse) = pool.send(get("/again"), true).await.expect("sent again");
+        assert_eq!(body(resp, reuse).await, "ok");
+
+        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(resp, reuse).await, "ok");
+        let mut post = get("/");
+        *post.method_mut() = Method::POST;
+        match pool.send(post, true).await {
+            Err(SendError::Raw(RawError::Io(_))) => {}
+            Err(e) => panic!("expected a connection error, got {e}"),
+            Ok(_) => panic!("a POST the primary may have seen must not go again"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_raw_connection_carries_a_request_through_hyper_and_stays_with_it() {
+        let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
+        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
+        assert!(reuse.is_none(), "read by portico itself");
+        assert_eq!(body(resp, reuse).await, "ok");
+        let (resp, reuse) = pool.send(get("/"), false).await.expect("answer");
+        assert!(reuse.is_some(), "read by hyper");
+        assert_eq!(body(resp, reuse).await, "ok");
+        assert_eq!(pool.idle_count(), 1);
+        // A bodiless request opens its own rather than queue on hyper's.
+        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(resp, reuse).await, "ok");
+        assert_eq!(pool.idle_count(), 2);
+        assert_eq!(events.recv().await, Some("accepted"));
+        assert_eq!(events.recv().await, Some("accepted"));
+        assert!(
+            events.try_recv().is_err(),
+            "two connections for three requests"
+        );
     }
 }
