@@ -93,10 +93,10 @@ impl RawConn {
 }
 
 /// Writes a request head, with no body, into `out`.
-pub fn encode_head(parts: &http::request::Parts, out: &mut Vec<u8>) {
+pub fn encode_head(parts: &http::request::Parts, out: &mut BytesMut) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -168,19 +168,23 @@ pub enum Again {
     Never,
 }
 
-/// Sends a bodiless request's encoded head on `conn` and reads the answer's
-/// head; the body is read by the returned [`RawBody`], which returns the
+/// Sends a bodiless request's head on `conn` and reads the answer's head;
+/// the body is read by the returned [`RawBody`], which returns the
 /// connection to `pool` at its end. `Err` says whether the request may go
 /// again.
 pub async fn exchange(
     mut conn: RawConn,
-    head: &[u8],
-    method: &Method,
+    parts: &http::request::Parts,
     pool: &Arc<H1Pool>,
 ) -> Result<Response<RawBody>, (RawError, Again)> {
-    if let Err(e) = conn.io.write_all(head).await {
+    // The read buffer is empty between exchanges: the head is encoded in it,
+    // so no buffer is allocated per request.
+    encode_head(parts, &mut conn.buf);
+    if let Err(e) = conn.io.write_all(&conn.buf).await {
         return Err((e.into(), Again::Always));
     }
+    conn.buf.clear();
+    let method = &parts.method;
     let parsed = std::future::poll_fn(|cx| poll_head(&mut conn, method, cx)).await?;
     let Head {
         resp,
@@ -912,7 +916,7 @@ mod tests {
         r.headers_mut().append("x", HeaderValue::from_static("1"));
         r.headers_mut().append("x", HeaderValue::from_static("2"));
         let (parts, ()) = r.into_parts();
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode_head(&parts, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),

@@ -234,8 +234,6 @@ impl H1Pool {
 
     async fn send_raw(self: &Arc<Self>, req: Request<ReqBody>) -> Result<H1Response, SendError> {
         let (parts, _) = req.into_parts();
-        let mut head = Vec::with_capacity(512);
-        h1::encode_head(&parts, &mut head);
         let idempotent = idempotent(&parts.method);
         loop {
             let (conn, reused) = match self.pop(|c| matches!(c, Conn::Raw(_))) {
@@ -246,7 +244,7 @@ impl H1Pool {
                     (c, false)
                 }
             };
-            match h1::exchange(conn, &head, &parts.method, self).await {
+            match h1::exchange(conn, &parts, self).await {
                 Ok(resp) => return Ok((resp.map(UpstreamBody::Raw), None)),
                 Err((_, Again::Always)) if reused => continue,
                 Err((_, Again::IfIdempotent)) if reused && idempotent => continue,
