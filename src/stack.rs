@@ -567,7 +567,7 @@ fn prepare(
 
     let (mut parts, body) = req.into_parts();
     let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        Some(a) => conn.client_for.host(a.as_str()),
         None => parts.headers.get(header::HOST).cloned(),
     };
     // Room for the forwarding headers and Host in one growth of the table,

@@ -3,6 +3,7 @@
 //! Plain functions over a `HeaderMap`, so each rule is tested alone.
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -69,6 +70,10 @@ pub struct ClientFor {
     /// `Forwarded`'s element without a host: `for=192.0.2.7;proto=https`, or
     /// `for="[2001:db8::1]";proto=https`.
     forwarded: HeaderValue,
+    /// The first host this connection's requests named, and the `Forwarded`
+    /// value made for it: a connection's requests (an HTTP/2 connection's
+    /// streams above all) nearly always name one host, so both are built once.
+    first_host: OnceLock<(HeaderValue, HeaderValue)>,
 }
 
 impl ClientFor {
@@ -85,6 +90,16 @@ impl ClientFor {
         Self {
             xff: shared(text.to_owned()),
             forwarded: shared(forwarded),
+            first_host: OnceLock::new(),
+        }
+    }
+
+    /// The `Host` value for a request's authority: the connection's first
+    /// host again when it is the same (no validation, no copy).
+    pub fn host(&self, authority: &str) -> Option<HeaderValue> {
+        match self.first_host.get() {
+            Some((host, _)) if host.as_bytes() == authority.as_bytes() => Some(host.clone()),
+            _ => HeaderValue::from_str(authority).ok(),
         }
     }
 }
@@ -132,8 +147,22 @@ pub fn add_forwarded(
     }
     h.insert(&XF_PORT, port.clone());
 
-    let host = host.and_then(|v| v.to_str().ok());
     let earlier = h.contains_key(header::FORWARDED);
+    let host_value = host;
+    if !earlier {
+        match (host_value, client.first_host.get()) {
+            (None, _) => {
+                h.insert(header::FORWARDED, client.forwarded.clone());
+                return;
+            }
+            (Some(v), Some((first, fwd))) if v.as_bytes() == first.as_bytes() => {
+                h.insert(header::FORWARDED, fwd.clone());
+                return;
+            }
+            _ => {}
+        }
+    }
+    let host = host_value.and_then(|v| v.to_str().ok());
     if host.is_none() && !earlier {
         h.insert(header::FORWARDED, client.forwarded.clone());
         return;
@@ -172,6 +201,10 @@ pub fn add_forwarded(
         }
     }
     if let Ok(v) = owned_value(fwd) {
+        // Only a value made from the host alone is the connection's to keep.
+        if let (false, Some(hv)) = (earlier, host_value) {
+            let _ = client.first_host.set((hv.clone(), v.clone()));
+        }
         h.insert(header::FORWARDED, v);
     }
 }
@@ -347,6 +380,49 @@ mod tests {
             h["forwarded"],
             "for=\"[::1]\";proto=https, for=\"[::1]\";proto=https;host=example.com"
         );
+    }
+
+    /// A connection's `Forwarded` value is built once for its first host and
+    /// reused for that host only: never for another host, never when an
+    /// earlier hop's element is joined, and a joined value is never kept.
+    #[test]
+    fn forwarded_value_reused_for_the_connections_first_host_only() {
+        let port = HeaderValue::from_static("443");
+        let fwd = |client: &ClientFor, earlier: Option<&str>, host: &str| {
+            let mut h = HeaderMap::new();
+            if let Some(e) = earlier {
+                h.insert(header::FORWARDED, HeaderValue::from_str(e).expect("value"));
+            }
+            let host = HeaderValue::from_str(host).expect("host");
+            add_forwarded(&mut h, client, Some(&host), &port);
+            h[header::FORWARDED].to_str().expect("text").to_owned()
+        };
+        let a = "for=192.0.2.7;proto=https;host=a.example";
+        let client = ClientFor::new("192.0.2.7".parse().expect("ip"));
+        assert_eq!(fwd(&client, None, "a.example"), a);
+        assert_eq!(
+            fwd(&client, None, "b.example:8443"),
+            "for=192.0.2.7;proto=https;host=\"b.example:8443\""
+        );
+        assert_eq!(fwd(&client, None, "a.example"), a);
+        assert_eq!(
+            fwd(&client, Some("for=10.0.0.1"), "a.example"),
+            format!("for=10.0.0.1, {a}")
+        );
+        assert_eq!(fwd(&client, None, "a.example"), a);
+
+        // A first request with an earlier hop's element leaves nothing behind.
+        let fresh = ClientFor::new("192.0.2.7".parse().expect("ip"));
+        assert_eq!(
+            fwd(&fresh, Some("for=10.0.0.1"), "a.example"),
+            format!("for=10.0.0.1, {a}")
+        );
+        assert_eq!(fwd(&fresh, None, "a.example"), a);
+
+        // The Host value for an authority: the first host's, or a new one.
+        assert_eq!(client.host("a.example").expect("valid"), "a.example");
+        assert_eq!(client.host("b.example").expect("valid"), "b.example");
+        assert_eq!(client.host("bad\nhost"), None);
     }
 
     /// Found by `fuzz/` (headers): a Host that is not an RFC 7239 token went

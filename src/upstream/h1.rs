@@ -325,7 +325,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, RawEr
             return Err(RawError::Bad("Transfer-Encoding in an HTTP/1.0 response"));
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(n);
+        // One more for the X-Request-Id portico adds, so that it does not
+        // grow (reallocate) the table of every response.
+        let mut headers = HeaderMap::with_capacity(n + 1);
         for (name, start, end) in spans {
             // RFC 9112 section 6.3: the coding wins, and an intermediary
             // removes the length before it passes the message on.
