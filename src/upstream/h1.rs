@@ -733,14 +733,14 @@ mod tests {
         parse_head(&mut b, &method)
     }
 
+    /// The head of a complete, valid response to a GET.
+    fn complete(raw: &[u8]) -> Head {
+        parsed(raw, Method::GET).expect("ok").expect("complete")
+    }
+
     #[test]
     fn content_length_frames_the_body_and_keeps_the_connection() {
-        let h = parsed(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx: y\r\n\r\n",
-            Method::GET,
-        )
-        .expect("ok")
-        .expect("complete");
+        let h = complete(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx: y\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
         assert_eq!(h.resp.headers()["x"], "y");
@@ -748,12 +748,9 @@ mod tests {
 
     #[test]
     fn informational_heads_are_read_past() {
-        let h = parsed(
+        let h = complete(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
-            Method::GET,
-        )
-        .expect("ok")
-        .expect("complete");
+        );
         assert_eq!(h.resp.status(), 204);
         assert_eq!(h.framing, Framing::Done);
         assert!(h.resp.headers().get("link").is_none());
@@ -774,23 +771,14 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
-        let h = parsed(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
-            Method::GET,
-        )
-        .expect("ok")
-        .expect("complete");
+        let h = complete(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(5));
     }
 
     #[test]
     fn transfer_encoding_wins_over_length_and_the_connection_is_not_reused() {
-        let h = parsed(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
-            Method::GET,
-        )
-        .expect("ok")
-        .expect("complete");
+        let h =
+            complete(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
         assert!(!h.keep_alive);
         assert!(h.resp.headers().get("content-length").is_none());
@@ -801,12 +789,7 @@ mod tests {
             ),
             Err(RawError::Bad(_))
         ));
-        let h = parsed(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
-            Method::GET,
-        )
-        .expect("ok")
-        .expect("complete");
+        let h = complete(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
         assert_eq!(h.framing, Framing::Eof);
         assert!(!h.keep_alive);
     }
