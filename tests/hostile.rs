@@ -1829,6 +1829,26 @@ async fn requests_split_over_one_byte_records_or_sharing_a_record_are_read_whole
 // 5. Broken upstreams.
 // ---------------------------------------------------------------------------
 
+/// portico's answer to a GET when the primary writes `bytes` and then holds
+/// the connection open; the test fails unless it comes within 3 s.
+async fn answer_to_upstream_bytes(bytes: String) -> Got {
+    let bytes = Arc::new(bytes);
+    let sent = bytes.clone();
+    let (url, _up) = raw_upstream(move |mut s| {
+        let bytes = sent.clone();
+        async move {
+            let _ = s.write_all(bytes.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    })
+    .await;
+    let p = start(&url, |_, _, _| {}).await;
+    let head = bytes.lines().next().unwrap_or_default();
+    tokio::time::timeout(MS(3000), p.get("/"))
+        .await
+        .unwrap_or_else(|_| panic!("{head:?} ({} bytes): an answer within 3s", bytes.len()))
+}
+
 /// A raw upstream on 127.0.0.1:0: `f` runs for each connection that sends a
 /// request head (readiness probes that connect and close are skipped).
 async fn raw_upstream<F, Fut>(f: F) -> (String, tokio::task::JoinHandle<()>)
@@ -1939,22 +1959,11 @@ async fn upstream_sending_a_huge_header_block_is_502_bad_upstream_response() {
 async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502() {
     let _shared = SERIAL.read().await;
     for (kib, status) in [(60usize, 200u16), (256, 502)] {
-        let value = Arc::new("v".repeat(kib * 1024));
-        let sent = value.clone();
-        let (url, _up) = raw_upstream(move |mut s| {
-            let value = sent.clone();
-            async move {
-                let head =
-                    format!("HTTP/1.1 200 OK\r\nx-big: {value}\r\ncontent-length: 2\r\n\r\nok");
-                let _ = s.write_all(head.as_bytes()).await;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-            }
-        })
+        let value = "v".repeat(kib * 1024);
+        let got = answer_to_upstream_bytes(format!(
+            "HTTP/1.1 200 OK\r\nx-big: {value}\r\ncontent-length: 2\r\n\r\nok"
+        ))
         .await;
-        let p = start(&url, |_, _, _| {}).await;
-        let got = tokio::time::timeout(MS(3000), p.get("/"))
-            .await
-            .unwrap_or_else(|_| panic!("{kib} KiB head: an answer within 3s"));
         assert_eq!(got.status, status, "{kib} KiB head");
         if status == 200 {
             assert_eq!(got.header("x-big"), Some(value.as_str()), "{kib} KiB head");
@@ -1976,15 +1985,7 @@ async fn upstream_conflicting_or_malformed_content_length_is_502_bad_upstream_re
         "HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok!",
         "HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok",
     ] {
-        let (url, _up) = raw_upstream(move |mut s| async move {
-            let _ = s.write_all(head.as_bytes()).await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        })
-        .await;
-        let p = start(&url, |_, _, _| {}).await;
-        let got = tokio::time::timeout(MS(3000), p.get("/"))
-            .await
-            .unwrap_or_else(|_| panic!("{head:?}: an answer within 3s"));
+        let got = answer_to_upstream_bytes(head.to_owned()).await;
         assert_eq!(got.status, 502, "{head:?}");
         assert_eq!(
             got.header("portico-error"),

@@ -149,17 +149,10 @@ pub fn add_forwarded(
 
     let earlier = h.contains_key(header::FORWARDED);
     let host_value = host;
-    if !earlier {
-        match (host_value, client.first_host.get()) {
-            (None, _) => {
-                h.insert(header::FORWARDED, client.forwarded.clone());
-                return;
-            }
-            (Some(v), Some((first, fwd))) if v.as_bytes() == first.as_bytes() => {
-                h.insert(header::FORWARDED, fwd.clone());
-                return;
-            }
-            _ => {}
+    if let (false, Some(v), Some((first, fwd))) = (earlier, host_value, client.first_host.get()) {
+        if v.as_bytes() == first.as_bytes() {
+            h.insert(header::FORWARDED, fwd.clone());
+            return;
         }
     }
     let host = host_value.and_then(|v| v.to_str().ok());
