@@ -112,6 +112,9 @@ pub struct Routed {
     pub route: usize,
     /// The body's progress, when the request has a body.
     pub progress: Option<Arc<ReqProgress>>,
+    /// When the request arrived: `--request-timeout` counts from here (for a
+    /// request without a body), with no clock read of its own.
+    pub start: Instant,
 }
 
 /// The stack one connection's requests pass through, outermost first.
@@ -286,6 +289,7 @@ where
                 req,
                 route,
                 progress,
+                start,
             }),
             finish: Some(finish),
         }
@@ -540,6 +544,7 @@ struct Exchange {
     progress: Option<Arc<ReqProgress>>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     req: Request<ReqBody>,
+    start: Instant,
 }
 
 /// Checks the request and rewrites it for its upstream (header rules, target,
@@ -556,6 +561,7 @@ fn prepare(
         mut req,
         route,
         progress,
+        start,
     } = r;
     if let Some(kind) = refuse(&req, cfg) {
         return Err(Box::new(answer(kind, h1)));
@@ -610,41 +616,55 @@ fn prepare(
         progress,
         client_upgrade,
         req: Request::from_parts(parts, body),
+        start,
     })
 }
 
 /// Sends the request and waits for the upstream's answer within
 /// `--request-timeout`; [`answered`] makes the client's response of it.
-async fn exchange(shared: Arc<Shared>, x: Exchange) -> Response<RespBody> {
-    let Exchange {
-        upstream,
-        route,
-        h1,
-        progress,
-        client_upgrade,
-        req,
-    } = x;
-    // Only the wait is async: this future is moved into a box per request,
-    // so what it holds is copied each time. The send future is pinned in
-    // place, once, in the arm that makes it; awaited by value or through a
-    // wrapper future, it would be moved (and given room) again per layer.
-    let result = match upstream.sender() {
-        Sender::H1(pool) => {
-            // Upgrades, CONNECT and uploads go through hyper's client.
-            let raw = client_upgrade.is_none()
-                && req.method() != Method::CONNECT
-                && http_body::Body::is_end_stream(req.body());
-            let send = std::pin::pin!(pool.send(req, raw));
-            within(send, &shared.cfg, &progress).await
-        }
-        Sender::H2(h2) => {
-            let send = std::pin::pin!(h2.send(req));
-            within(send, &shared.cfg, &progress)
-                .await
-                .map(|r| (r, None))
-        }
-    };
-    answered(&shared, &upstream, route, h1, client_upgrade, result)
+///
+/// This future is moved into a box per request, so all its room is copied
+/// each time; it is kept small. Not an `async fn`: one would move `x` into a
+/// local beside its own copy of the argument (392 bytes twice). The send
+/// future is pinned in place, once, in the arm that makes it (awaited by value
+/// or through a wrapper, it would be moved and given room again per layer);
+/// the raw exchange borrows the request rather than holding a copy; hyper's
+/// and h2c's, rarer and larger, are boxed apart.
+// Deliberately not `async fn` (the layout above): clippy's suggestion would
+// bring the copy back.
+#[allow(clippy::manual_async_fn)]
+fn exchange(shared: Arc<Shared>, x: Exchange) -> impl Future<Output = Response<RespBody>> {
+    async move {
+        let result = match x.upstream.sender() {
+            Sender::H1(pool) => {
+                // Upgrades, CONNECT and uploads go through hyper's client.
+                let raw = x.client_upgrade.is_none()
+                    && x.req.method() != Method::CONNECT
+                    && http_body::Body::is_end_stream(x.req.body());
+                if raw {
+                    let send = std::pin::pin!(pool.send_raw(&x.req));
+                    within(send, &shared.cfg, &x.progress, x.start).await
+                } else {
+                    let mut send = Box::pin(pool.send_hyper(x.req));
+                    within(send.as_mut(), &shared.cfg, &x.progress, x.start).await
+                }
+            }
+            Sender::H2(h2) => {
+                let mut send = Box::pin(h2.send(x.req));
+                within(send.as_mut(), &shared.cfg, &x.progress, x.start)
+                    .await
+                    .map(|r| (r, None))
+            }
+        };
+        answered(
+            &shared,
+            &x.upstream,
+            x.route,
+            x.h1,
+            x.client_upgrade,
+            result,
+        )
+    }
 }
 
 /// The upstream's answer turned into the client's: a failure into portico's
@@ -725,10 +745,11 @@ async fn within<T>(
     mut send: Pin<&mut impl Future<Output = Result<T, SendError>>>,
     cfg: &Config,
     progress: &Option<Arc<ReqProgress>>,
+    start: Instant,
 ) -> Result<T, Option<SendError>> {
     match (cfg.request_timeout, progress) {
         (t, _) if t.is_zero() => send.await.map_err(Some),
-        (t, None) => match tokio::time::timeout(t, send).await {
+        (t, None) => match tokio::time::timeout_at(start + t, send).await {
             Ok(r) => r.map_err(Some),
             Err(_) => Err(None),
         },

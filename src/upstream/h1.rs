@@ -93,14 +93,14 @@ impl RawConn {
 }
 
 /// Writes a request head, with no body, into `out`.
-pub fn encode_head(parts: &http::request::Parts, out: &mut BytesMut) {
+pub fn encode_head<B>(req: &http::Request<B>, out: &mut BytesMut) {
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         // Without a body there is no framing to state, whatever the client sent.
         if name == TRANSFER_ENCODING {
             continue;
@@ -172,19 +172,19 @@ pub enum Again {
 /// the body is read by the returned [`RawBody`], which returns the
 /// connection to `pool` at its end. `Err` says whether the request may go
 /// again.
-pub async fn exchange(
+pub async fn exchange<B>(
     mut conn: RawConn,
-    parts: &http::request::Parts,
+    req: &http::Request<B>,
     pool: &Arc<H1Pool>,
 ) -> Result<Response<RawBody>, (RawError, Again)> {
     // The read buffer is empty between exchanges: the head is encoded in it,
     // so no buffer is allocated per request.
-    encode_head(parts, &mut conn.buf);
+    encode_head(req, &mut conn.buf);
     if let Err(e) = conn.io.write_all(&conn.buf).await {
         return Err((e.into(), Again::Always));
     }
     conn.buf.clear();
-    let method = &parts.method;
+    let method = req.method();
     let parsed = std::future::poll_fn(|cx| poll_head(&mut conn, method, cx)).await?;
     let Head {
         resp,
@@ -900,9 +900,8 @@ mod tests {
             .insert("transfer-encoding", HeaderValue::from_static("chunked"));
         r.headers_mut().append("x", HeaderValue::from_static("1"));
         r.headers_mut().append("x", HeaderValue::from_static("2"));
-        let (parts, ()) = r.into_parts();
         let mut out = BytesMut::new();
-        encode_head(&parts, &mut out);
+        encode_head(&r, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "GET /a?b=c HTTP/1.1\r\nhost: app\r\nx: 1\r\nx: 2\r\n\r\n"
