@@ -352,8 +352,7 @@ fn http2_conn(io: ClientIo, svc: Svc, shared: &Shared) -> Pin<Box<H2Conn>> {
         .max_local_error_reset_streams(Some(256))
         // Fixed windows, not hyper's adaptive one: its BDP estimate reads the
         // clock and takes a lock on every request accepted and every poll of
-        // the connection (~1 % of a small request's CPU), and it starts from
-        // 64 KiB. 1 MiB per stream and per connection lets an upload through
+        // the connection, and it starts from 64 KiB. 1 MiB per stream and per connection lets an upload through
         // at 1 MiB per round trip while bounding what one client can have
         // portico buffer.
         .initial_stream_window_size(1024 * 1024)
