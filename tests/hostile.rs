@@ -1830,23 +1830,26 @@ async fn requests_split_over_one_byte_records_or_sharing_a_record_are_read_whole
 // ---------------------------------------------------------------------------
 
 /// portico's answer to a GET when the primary writes `bytes` and then holds
-/// the connection open; the test fails unless it comes within 3 s.
-async fn answer_to_upstream_bytes(bytes: String) -> Got {
+/// the connection open for `hold` (so the verdict must come from the bytes),
+/// and how long the answer took; the test fails unless it comes within 3 s.
+async fn answer_to_upstream_bytes(bytes: String, hold: Duration) -> (Got, Duration) {
     let bytes = Arc::new(bytes);
     let sent = bytes.clone();
     let (url, _up) = raw_upstream(move |mut s| {
         let bytes = sent.clone();
         async move {
             let _ = s.write_all(bytes.as_bytes()).await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(hold).await;
         }
     })
     .await;
     let p = start(&url, |_, _, _| {}).await;
     let head = bytes.lines().next().unwrap_or_default();
-    tokio::time::timeout(MS(3000), p.get("/"))
+    let started = Instant::now();
+    let got = tokio::time::timeout(MS(3000), p.get("/"))
         .await
-        .unwrap_or_else(|_| panic!("{head:?} ({} bytes): an answer within 3s", bytes.len()))
+        .unwrap_or_else(|_| panic!("{head:?} ({} bytes): an answer within 3s", bytes.len()));
+    (got, started.elapsed())
 }
 
 /// A raw upstream on 127.0.0.1:0: `f` runs for each connection that sends a
@@ -1922,32 +1925,14 @@ async fn upstream_sending_a_huge_header_block_is_502_bad_upstream_response() {
             format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "v".repeat(2 << 20)),
         ),
     ] {
-        let head = Arc::new(head);
-        let (url, _up) = raw_upstream(move |mut s| {
-            let head = head.clone();
-            async move {
-                let _ = s.write_all(head.as_bytes()).await;
-                // Hold the connection: the verdict must come from the bytes.
-                tokio::time::sleep(Duration::from_secs(8)).await;
-            }
-        })
-        .await;
-        let p = start(&url, |_, _, _| {}).await;
-        let started = Instant::now();
-        let got = tokio::time::timeout(MS(3000), p.get("/"))
-            .await
-            .unwrap_or_else(|_| panic!("{what}: an answer within 3s"));
+        let (got, took) = answer_to_upstream_bytes(head, Duration::from_secs(8)).await;
         assert_eq!(got.status, 502, "{what}");
         assert_eq!(
             got.header("portico-error"),
             Some("bad-upstream-response"),
             "{what}"
         );
-        assert!(
-            started.elapsed() < MS(2000),
-            "{what}: {:?}",
-            started.elapsed()
-        );
+        assert!(took < MS(2000), "{what}: {took:?}");
     }
 }
 
@@ -1960,9 +1945,10 @@ async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502()
     let _shared = SERIAL.read().await;
     for (kib, status) in [(60usize, 200u16), (256, 502)] {
         let value = "v".repeat(kib * 1024);
-        let got = answer_to_upstream_bytes(format!(
-            "HTTP/1.1 200 OK\r\nx-big: {value}\r\ncontent-length: 2\r\n\r\nok"
-        ))
+        let (got, _) = answer_to_upstream_bytes(
+            format!("HTTP/1.1 200 OK\r\nx-big: {value}\r\ncontent-length: 2\r\n\r\nok"),
+            Duration::from_secs(3),
+        )
         .await;
         assert_eq!(got.status, status, "{kib} KiB head");
         if status == 200 {
@@ -1985,7 +1971,7 @@ async fn upstream_conflicting_or_malformed_content_length_is_502_bad_upstream_re
         "HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok!",
         "HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok",
     ] {
-        let got = answer_to_upstream_bytes(head.to_owned()).await;
+        let (got, _) = answer_to_upstream_bytes(head.to_owned(), Duration::from_secs(3)).await;
         assert_eq!(got.status, 502, "{head:?}");
         assert_eq!(
             got.header("portico-error"),
