@@ -9,6 +9,7 @@
 #   bash benches/compare.sh                 # everything, ~10 minutes
 #   ROUNDS=1 BENCH_SECS=2 SCENARIOS="S1 S2" bash benches/compare.sh
 #   PROXIES="portico nginx" bash benches/compare.sh
+#   SCENARIOS=S2H ...                       # S2 driven by h2load instead of the bench's client
 #   PORTICO_BIN=/tmp/new PORTICO_B=/tmp/old PROXIES="portico portico_b" REPORT=0 bash benches/compare.sh
 #                                           # A/B two builds; REPORT=0 leaves
 #                                           # benches/README.md alone and prints medians
@@ -22,7 +23,7 @@ source benches/lib.sh
 ROUNDS=${ROUNDS:-3}
 export BENCH_SECS=${BENCH_SECS:-4}
 export BENCH_WARMUP_SECS=${BENCH_WARMUP_SECS:-1}
-SCENARIOS=${SCENARIOS:-"S1 S1R S2 S3E S3R S3T S4D S4U S5"}
+SCENARIOS=${SCENARIOS:-"S1 S1R S2 S2H S3E S3R S3T S4D S4U S5"}
 PROXIES=${PROXIES:-"portico nginx haproxy"}
 PROXY_CPU=${PROXY_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -38,6 +39,7 @@ missing=()
 [[ -x $NGINX ]] || missing+=(nginx)
 [[ -x $HAPROXY ]] || missing+=(haproxy)
 for tool in taskset prlimit; do command -v $tool >/dev/null || missing+=(util-linux); done
+[[ " $SCENARIOS " == *" S2H "* ]] && ! command -v h2load >/dev/null && missing+=(nghttp2-client)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     # No init system here: keep the packages' postinst from starting daemons.
@@ -235,15 +237,58 @@ upstream_accepted() {
 }
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
+
+# S2H: S2's load (16 connections x 32 streams, small GET) from h2load, a C
+# client that needs less than half the CPU per request of the bench's own
+# (hyper) client. With the bench's client, the client's core (shared with the
+# upstream) is full before portico's is; with h2load every proxy's core is the
+# full one, so the proxies are compared at their own full rate.
+# CPU per request from /proc/PID/stat between the end of h2load's warm-up and
+# its exit; latencies from its per-request log (--log-file).
+run_h2load() { # PROXY
+    local p=$1 log=$TMP/h2load-$s-$r-$1.log out=$TMP/run-$s-$r-$1.err pid=${PID[$1]} a b
+    taskset -c "$CLIENT_CPU" h2load -c16 -m32 -t1 --warm-up-time="$BENCH_WARMUP_SECS" \
+        -D "$BENCH_SECS" --log-file="$log" "https://127.0.0.1:${PORT[$p]}/" >"$out" 2>&1 &
+    local h=$!
+    sleep "$BENCH_WARMUP_SECS"
+    a=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    wait "$h" || { log "h2load against $p failed:"; tail -5 "$out" >&2; return; }
+    b=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    python3 - "$log" "$out" "$p" "$((b - a))" "$(getconf CLK_TCK)" "$BENCH_SECS" >>"$RESULTS" <<'PY'
+import json, re, sys
+log, out, label, ticks, hz, secs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+lat = sorted(int(l.split()[2]) for l in open(log) if l.strip())
+n = len(lat)
+text = open(out).read()
+m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", text)
+errors = sum(int(x) for x in m.groups()[1:]) if m else 0
+cipher = re.search(r"Cipher: (\S+)", text)
+group = re.search(r"Server Temp Key: (\S+)", text)
+q = lambda f: lat[min(n - 1, int(f * n))] if n else 0
+cpu_us = ticks * 1e6 / hz
+print(json.dumps({
+    "scenario": "S2H", "label": label, "n": n, "rps": n / secs,
+    "p50_us": q(0.50), "p99_us": q(0.99), "p999_us": q(0.999),
+    "cpu": cpu_us / n if n else None, "unit": "\u00b5s/req",
+    "util": cpu_us / 1e6 / secs * 100, "errors": errors,
+    "note": "h2load, 16 conns x 32 streams; %s %s" % (cipher.group(1) if cipher else "?", group.group(1) if group else ""),
+}, sort_keys=True))
+PY
+    python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print("  S2H %10.0f req/s  p99 %8.2f ms  cpu %8.1f µs/req  (%.0f%% of a core)  errors %d" % (r["rps"], r["p99_us"]/1000, r["cpu"], r["util"], r["errors"]))' "$RESULTS" >>"$out"
+}
 for s in $SCENARIOS; do
     for r in $(seq "$ROUNDS"); do
         for p in $PROXIES; do
             [[ $s == S5 ]] && restart "$p"
             before=$(upstream_accepted || echo 0)
-            BENCH_TARGET_ADDR=127.0.0.1:${PORT[$p]} BENCH_TARGET_PID=${PID[$p]} \
-                BENCH_LABEL=$p BENCH_SCENARIOS=$s BENCH_JSON=$RESULTS \
-                taskset -c "$CLIENT_CPU" "$LOAD_BIN" >"$TMP/run-$s-$r-$p.out" 2>"$TMP/run-$s-$r-$p.err" ||
-                { log "run $s/$r/$p failed:"; tail -5 "$TMP/run-$s-$r-$p.err" >&2; }
+            if [[ $s == S2H ]]; then
+                run_h2load "$p"
+            else
+                BENCH_TARGET_ADDR=127.0.0.1:${PORT[$p]} BENCH_TARGET_PID=${PID[$p]} \
+                    BENCH_LABEL=$p BENCH_SCENARIOS=$s BENCH_JSON=$RESULTS \
+                    taskset -c "$CLIENT_CPU" "$LOAD_BIN" >"$TMP/run-$s-$r-$p.out" 2>"$TMP/run-$s-$r-$p.err" ||
+                    { log "run $s/$r/$p failed:"; tail -5 "$TMP/run-$s-$r-$p.err" >&2; }
+            fi
             opened=$(( $(upstream_accepted || echo 1) - before - 1 ))
             # Into the run's row (the load client appended it last).
             python3 - "$RESULTS" "$opened" <<'PY'

@@ -18,6 +18,8 @@
 //! - `BENCH_UPSTREAM_ADDR=127.0.0.1:PORT`: the spawned portico forwards there instead of to
 //!   the in-process upstream
 //! - `BENCH_CLIENT_CPU` (default 1), `BENCH_PROXY_CPU` (default 0), `BENCH_PIN=0` to pin nothing
+//! - `BENCH_TRACE=FILE`: S2 appends every measured request (connection, when it ended,
+//!   its latency) to FILE, for `benches/waves.py`, which shows where S2's tail comes from
 //!
 //! Helper modes for `benches/compare.sh`: `BENCH_WRITE_CERTS=DIR` mints the CA and both
 //! server pairs into DIR and exits; `BENCH_UPSTREAM_ONLY=PORT` runs only the upstream.
@@ -870,11 +872,14 @@ async fn run_h2(t: &Target, conns: usize, streams: usize) -> (Tally, Option<u64>
     let w = window(t);
     let sampler = cpu_sampler(t.pid, w);
     let mut tasks = tokio::task::JoinSet::new();
-    for sender in &senders {
+    let trace_to = std::env::var_os("BENCH_TRACE");
+    let tracing = trace_to.is_some();
+    for (conn, sender) in senders.iter().enumerate() {
         for _ in 0..streams {
             let mut sender = sender.clone();
             tasks.spawn(async move {
                 let mut tally = Tally::new();
+                let mut trace = Vec::new();
                 loop {
                     let from = Instant::now();
                     if from >= w.end {
@@ -888,7 +893,14 @@ async fn run_h2(t: &Target, conns: usize, streams: usize) -> (Tally, Option<u64>
                     .await;
                     match res {
                         Ok(_) => {
-                            tally.record(&w, from, Instant::now());
+                            let done = Instant::now();
+                            if tally.record(&w, from, done) && tracing {
+                                trace.push(Traced {
+                                    conn,
+                                    done: done - w.warm,
+                                    took: done - from,
+                                });
+                            }
                         }
                         Err(e) => {
                             tally.errors += 1;
@@ -902,18 +914,56 @@ async fn run_h2(t: &Target, conns: usize, streams: usize) -> (Tally, Option<u64>
                         }
                     }
                 }
-                tally
+                (tally, trace)
             });
         }
     }
     let mut total = Tally::new();
     total.cipher = cipher;
+    let mut traced = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        if let Ok(tally) = r {
+        if let Ok((tally, trace)) = r {
             total.merge(tally);
+            traced.extend(trace);
+        }
+    }
+    if let Some(path) = trace_to {
+        if let Err(e) = write_trace(Path::new(&path), &traced) {
+            eprintln!("BENCH_TRACE: {e}");
         }
     }
     (total, sampler.join().ok().flatten())
+}
+
+/// One request of S2, for `BENCH_TRACE`.
+struct Traced {
+    conn: usize,
+    /// When it completed, from the start of the measured window.
+    done: Duration,
+    /// Its latency.
+    took: Duration,
+}
+
+/// Appends one run's requests to `path`: a `# LABEL` line, then one line per
+/// request, `CONN DONE_US LATENCY_US`, in the order the tasks ended.
+/// `benches/waves.py` reads it.
+fn write_trace(path: &Path, traced: &[Traced]) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut f = std::io::BufWriter::new(f);
+    writeln!(f, "# {}", std::env::var("BENCH_LABEL").unwrap_or_default())?;
+    for t in traced {
+        writeln!(
+            f,
+            "{} {} {}",
+            t.conn,
+            t.done.as_micros(),
+            t.took.as_micros()
+        )?;
+    }
+    f.flush()
 }
 
 /// A new TLS 1.3 connection per request (`Connection: close`), `concurrency` at once.
