@@ -6,10 +6,11 @@
 //!
 //! Run: `cargo bench --bench load`. Knobs (environment):
 //!
-//! - `BENCH_SCENARIOS=S1,S2,...` (default all: S1 S1R S2 S3E S3R S3T S4D S4U S5)
+//! - `BENCH_SCENARIOS=S1,S2,...` (default all: S1 S1R S2 S2R S3E S3R S3T S4D S4U S5)
 //! - `BENCH_SECS` (measured seconds per scenario, default 5), `BENCH_WARMUP_SECS` (default 1)
-//! - `BENCH_S1R_RATE` (offered req/s of S1R, default 2500), `BENCH_S3_CONC` (S3 connections
-//!   at once, default 16), `BENCH_IDLE_CONNS` (S5, default 5000)
+//! - `BENCH_S1R_RATE` (offered req/s of S1R, default 2500), `BENCH_S2R_RATE` (of S2R,
+//!   default 20000), `BENCH_S3_CONC` (S3 connections at once, default 16),
+//!   `BENCH_IDLE_CONNS` (S5, default 5000)
 //! - `BENCH_TARGET_ADDR=127.0.0.1:PORT` + `BENCH_TARGET_PID=PID` + `BENCH_CA=ca.pem`: drive an
 //!   already-running proxy (nginx, HAProxy, or a portico you started) instead of spawning one.
 //!   It must serve the certificates written by `BENCH_WRITE_CERTS`: SNI `ec.bench.test`
@@ -75,7 +76,9 @@ const MIB: usize = 1 << 20;
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 const SNI_EC: &str = "ec.bench.test";
 const SNI_RSA: &str = "rsa.bench.test";
-const ALL: &[&str] = &["S1", "S1R", "S2", "S3E", "S3R", "S3T", "S4D", "S4U", "S5"];
+const ALL: &[&str] = &[
+    "S1", "S1R", "S2", "S2R", "S3E", "S3R", "S3T", "S4D", "S4U", "S5",
+];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -842,8 +845,15 @@ async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tal
     (total, sampler.join().ok().flatten())
 }
 
-/// HTTP/2: `conns` connections x `streams` concurrent streams, back to back.
-async fn run_h2(t: &Target, conns: usize, streams: usize) -> (Tally, Option<u64>) {
+/// HTTP/2: `conns` connections x `streams` concurrent streams, back to back,
+/// or with `rate` (req/s offered in all) each stream on a schedule of its own,
+/// timed as `run_h1` times a scheduled request.
+async fn run_h2(
+    t: &Target,
+    conns: usize,
+    streams: usize,
+    rate: Option<f64>,
+) -> (Tally, Option<u64>) {
     let cfg = client_config(t, b"h2", false);
     let tls = TlsConnector::from(cfg);
     let mut senders = Vec::new();
@@ -874,26 +884,46 @@ async fn run_h2(t: &Target, conns: usize, streams: usize) -> (Tally, Option<u64>
     let mut tasks = tokio::task::JoinSet::new();
     let trace_to = std::env::var_os("BENCH_TRACE");
     let tracing = trace_to.is_some();
+    let start = Instant::now();
+    let slots = senders.len() * streams;
+    let interval = rate.map(|r| Duration::from_secs_f64(slots as f64 / r));
     for (conn, sender) in senders.iter().enumerate() {
-        for _ in 0..streams {
+        for stream in 0..streams {
             let mut sender = sender.clone();
+            let slot = conn * streams + stream;
             tasks.spawn(async move {
                 let mut tally = Tally::new();
                 let mut trace = Vec::new();
+                let mut next = interval.map(|iv| start + iv.mul_f64(slot as f64 / slots as f64));
+                let mut prev_done = start;
                 loop {
-                    let from = Instant::now();
-                    if from >= w.end {
+                    let now = Instant::now();
+                    if now >= w.end {
                         break;
                     }
+                    let from = match (next, interval) {
+                        (Some(at), Some(iv)) => {
+                            tokio::time::sleep_until(at.into()).await;
+                            next = Some(at + iv);
+                            // As in run_h1: late turns are timed from the turn.
+                            if prev_done <= at {
+                                Instant::now()
+                            } else {
+                                at
+                            }
+                        }
+                        _ => now,
+                    };
                     let res = async {
                         sender.ready().await?;
                         let resp = sender.send_request(get("/", SNI_EC, true)).await?;
                         drain(resp).await
                     }
                     .await;
+                    prev_done = Instant::now();
                     match res {
                         Ok(_) => {
-                            let done = Instant::now();
+                            let done = prev_done;
                             if tally.record(&w, from, done) && tracing {
                                 trace.push(Traced {
                                     conn,
@@ -1254,6 +1284,7 @@ fn run(pin: bool) -> Result<(), BoxError> {
     };
 
     let s1_rate: f64 = env_or("BENCH_S1R_RATE", 2500.0);
+    let s2_rate: f64 = env_or("BENCH_S2R_RATE", 20000.0);
     let s3_conc: usize = env_or("BENCH_S3_CONC", 16);
     let big_body = Bytes::from(vec![b'u'; MIB]);
     rt.block_on(async {
@@ -1282,7 +1313,7 @@ fn run(pin: bool) -> Result<(), BoxError> {
             ));
         }
         if want("S2") {
-            let (tally, ticks) = run_h2(&target, 16, 32).await;
+            let (tally, ticks) = run_h2(&target, 16, 32, None).await;
             emit(outcome(
                 &target,
                 "S2",
@@ -1291,6 +1322,18 @@ fn run(pin: bool) -> Result<(), BoxError> {
                 1.0,
                 "µs/req",
                 "h2, 16 conns x 32 streams".into(),
+            ));
+        }
+        if want("S2R") {
+            let (tally, ticks) = run_h2(&target, 16, 32, Some(s2_rate)).await;
+            emit(outcome(
+                &target,
+                "S2R",
+                tally,
+                ticks,
+                1.0,
+                "µs/req",
+                format!("h2, 16 conns x 32 streams, fixed {s2_rate:.0} req/s offered"),
             ));
         }
         for (name, sni, resume, what) in [

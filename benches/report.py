@@ -11,11 +11,12 @@ import statistics
 from collections import defaultdict
 from html import escape
 
-ORDER = ["S1", "S1R", "S2", "S2H", "S3E", "S3R", "S3T", "S4D", "S4U", "S5"]
+ORDER = ["S1", "S1R", "S2", "S2R", "S2H", "S3E", "S3R", "S3T", "S4D", "S4U", "S5"]
 NAMES = {
     "S1": "S1 HTTP/1.1 keep-alive, 64 conns",
     "S1R": "S1R HTTP/1.1, fixed offered load",
     "S2": "S2 HTTP/2, 16 conns x 32 streams",
+    "S2R": "S2R HTTP/2, fixed offered load",
     "S2H": "S2 by h2load (same load)",
     "S3E": "S3 new TLS 1.3 conn, ECDSA P-256",
     "S3R": "S3 new TLS 1.3 conn, RSA-2048",
