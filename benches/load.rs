@@ -739,6 +739,44 @@ enum Work {
     Upload(Bytes),
 }
 
+/// When one client slot sends its requests: back to back (closed loop), or at
+/// a fixed offered load shared by `slots` slots, each on a schedule of its own.
+struct Schedule {
+    /// The next turn and the interval between turns, at a fixed load.
+    next: Option<(Instant, Duration)>,
+}
+
+impl Schedule {
+    /// Slot `slot` of `slots`, which offer `rate` req/s between them from `start`.
+    fn new(rate: Option<f64>, start: Instant, slot: usize, slots: usize) -> Self {
+        let next = rate.map(|r| {
+            let every = Duration::from_secs_f64(slots as f64 / r);
+            (start + every.mul_f64(slot as f64 / slots as f64), every)
+        });
+        Self { next }
+    }
+
+    /// Waits for the slot's next turn (at once in a closed loop) and returns
+    /// the instant its request is timed from.
+    async fn turn(&mut self, prev_done: Instant) -> Instant {
+        let Some((at, every)) = self.next else {
+            return Instant::now();
+        };
+        tokio::time::sleep_until(at.into()).await;
+        self.next = Some((at + every, every));
+        // A request whose turn came while the one before it was still out is
+        // timed from its turn (a stall is not hidden). One whose slot was idle
+        // is timed from when it is sent: tokio's timer wakes up to a
+        // millisecond late, on the client's busy core, and that lag is the
+        // client's, not the proxy's.
+        if prev_done <= at {
+            Instant::now()
+        } else {
+            at
+        }
+    }
+}
+
 /// HTTP/1.1 keep-alive: `conns` connections each sending requests back to back,
 /// or, with `rate`, each on a fixed schedule (a request that waited for the one
 /// before it is timed from its scheduled time, so a stall is not hidden by the
@@ -766,7 +804,6 @@ async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tal
     let w = window(t);
     let sampler = cpu_sampler(t.pid, w);
     let start = Instant::now();
-    let interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, mut sender) in senders.into_iter().enumerate() {
         let t = t.clone();
@@ -774,31 +811,13 @@ async fn run_h1(t: &Target, conns: usize, work: Work, rate: Option<f64>) -> (Tal
         let work = work.clone();
         tasks.spawn(async move {
             let mut tally = Tally::new();
-            let mut next = interval.map(|iv| start + iv.mul_f64(i as f64 / conns as f64));
+            let mut schedule = Schedule::new(rate, start, i, conns);
             let mut prev_done = start;
             loop {
-                let now = Instant::now();
-                if now >= w.end {
+                if Instant::now() >= w.end {
                     break;
                 }
-                let from = match (next, interval) {
-                    (Some(at), Some(iv)) => {
-                        tokio::time::sleep_until(at.into()).await;
-                        next = Some(at + iv);
-                        // A request whose turn came while the one before it
-                        // was still out is timed from its turn (a stall is
-                        // not hidden). One whose connection was idle is timed
-                        // from when it is sent: tokio's timer wakes up to a
-                        // millisecond late, on the client's busy core, and
-                        // that lag is the client's, not the proxy's.
-                        if prev_done <= at {
-                            Instant::now()
-                        } else {
-                            at
-                        }
-                    }
-                    _ => now,
-                };
+                let from = schedule.turn(prev_done).await;
                 let req = match &work {
                     Work::Get(p) => get(p, SNI_EC, false),
                     Work::Upload(b) => post("/upload", SNI_EC, b.clone()),
@@ -886,7 +905,6 @@ async fn run_h2(
     let tracing = trace_to.is_some();
     let start = Instant::now();
     let slots = senders.len() * streams;
-    let interval = rate.map(|r| Duration::from_secs_f64(slots as f64 / r));
     for (conn, sender) in senders.iter().enumerate() {
         for stream in 0..streams {
             let mut sender = sender.clone();
@@ -894,26 +912,13 @@ async fn run_h2(
             tasks.spawn(async move {
                 let mut tally = Tally::new();
                 let mut trace = Vec::new();
-                let mut next = interval.map(|iv| start + iv.mul_f64(slot as f64 / slots as f64));
+                let mut schedule = Schedule::new(rate, start, slot, slots);
                 let mut prev_done = start;
                 loop {
-                    let now = Instant::now();
-                    if now >= w.end {
+                    if Instant::now() >= w.end {
                         break;
                     }
-                    let from = match (next, interval) {
-                        (Some(at), Some(iv)) => {
-                            tokio::time::sleep_until(at.into()).await;
-                            next = Some(at + iv);
-                            // As in run_h1: late turns are timed from the turn.
-                            if prev_done <= at {
-                                Instant::now()
-                            } else {
-                                at
-                            }
-                        }
-                        _ => now,
-                    };
+                    let from = schedule.turn(prev_done).await;
                     let res = async {
                         sender.ready().await?;
                         let resp = sender.send_request(get("/", SNI_EC, true)).await?;
