@@ -6,7 +6,7 @@
 # for ROUNDS rounds, takes medians, and writes benches/README.md's results
 # section and benches/results.svg.
 #
-#   bash benches/compare.sh                 # everything, ~10 minutes
+#   bash benches/compare.sh                 # everything, ~15 minutes
 #   ROUNDS=1 BENCH_SECS=2 SCENARIOS="S1 S2" bash benches/compare.sh
 #   PROXIES="portico nginx" bash benches/compare.sh
 #   SCENARIOS=S2H ...                       # S2 driven by h2load instead of the bench's client
@@ -241,8 +241,9 @@ RESULTS=$TMP/results.jsonl
 # S2H: S2's load (16 connections x 32 streams, small GET) from h2load, a C
 # client that needs less than half the CPU per request of the bench's own
 # (hyper) client. With the bench's client, the client's core (shared with the
-# upstream) is full before portico's is; with h2load every proxy's core is the
-# full one, so the proxies are compared at their own full rate.
+# upstream) is full before portico's is; with h2load the proxy's core is the
+# fuller one (portico's 89-100 % busy in two full runs), so the proxies are
+# compared closer to their own full rate.
 # CPU per request from /proc/PID/stat between the end of h2load's warm-up and
 # its exit; latencies from its per-request log (--log-file).
 run_h2load() { # PROXY
