@@ -1504,13 +1504,17 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
-    let dashboard =
-        std::fs::read_to_string(Path::new(ROOT).join("deploy/dashboard.json")).expect("dashboard");
+    let dashboard = std::fs::read_to_string(
+        Path::new(ROOT).join("deploy/components/monitoring/dashboard.json"),
+    )
+    .expect("dashboard");
     let parsed: serde_json::Value =
         serde_json::from_str(&dashboard).expect("dashboard.json is JSON");
     assert!(parsed.is_object());
-    let rules =
-        std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheusrule.yaml")).expect("rules");
+    let rules = std::fs::read_to_string(
+        Path::new(ROOT).join("deploy/components/monitoring/prometheusrule.yaml"),
+    )
+    .expect("rules");
 
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;

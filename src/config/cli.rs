@@ -6,7 +6,16 @@ use clap::{Args, Parser, Subcommand};
 
 /// portico: a TLS-terminating ambassador for the primary container of a Pod.
 #[derive(Parser, Debug)]
-#[command(name = "portico", version, about, long_about = None)]
+#[command(
+    name = "portico",
+    version,
+    about,
+    long_about = None,
+    after_help = "Every option can also be set in the environment as PORTICO_<OPTION> \
+                  (e.g. PORTICO_TLS_DIR); a repeatable option's variable takes its values \
+                  separated by commas: PORTICO_TLS_DIR=/etc/tls/a,/etc/tls/b. Precedence: \
+                  flag, environment, --config file, default. docs/reference.md has every option."
+)]
 pub struct Cli {
     /// What to do; without one, run the ambassador.
     #[command(subcommand)]
