@@ -1420,8 +1420,12 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
         .expect("the final stage copies the binary from the build stage");
     assert_eq!(copy.len(), 3, "COPY --from=STAGE SRC DEST: {copy:?}");
     let (src, dest) = (copy[1], copy[2]);
-    // The build stage puts the binary at SRC: by default the profile-guided
-    // build from benches/pgo.sh, with PGO=0 the plain release build.
+    // The build stage puts the binary at SRC: by default the plain release
+    // build, with PGO=1 the profile-guided build from benches/pgo.sh.
+    assert!(
+        build.iter().any(|(i, a)| i == "ARG" && a == "PGO=0"),
+        "the profile-guided build is opt-in (ARG PGO=0)"
+    );
     let put = build
         .iter()
         .find(|(i, a)| i == "RUN" && a.contains(&format!("\" {src};")))
@@ -1429,11 +1433,11 @@ fn dockerfile_pins_every_base_image_and_runs_the_release_binary_as_non_root() {
         .unwrap_or_else(|| panic!("no RUN in the build stage copies the binary to {src}"));
     assert!(
         put.contains("bin=$(bash benches/pgo.sh) && cp \"$bin\""),
-        "the default build is benches/pgo.sh's: {put}"
+        "PGO=1 builds with benches/pgo.sh: {put}"
     );
     assert!(
         put.contains(&format!("cp target/release/portico {src};")),
-        "PGO=0 copies the plain release build: {put}"
+        "the default copies the plain release build: {put}"
     );
     let pgo = std::fs::read_to_string(Path::new(ROOT).join("benches/pgo.sh")).expect("pgo.sh");
     let pgo_builds: Vec<&str> = pgo.lines().filter(|l| l.contains("cargo build")).collect();
