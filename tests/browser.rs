@@ -1,7 +1,8 @@
 //! A real browser as the client: headless Chromium, trusting only the test
 //! certificate's key (SPKI pin), loads a page from the sample primary through
 //! portico over HTTP/2, runs its WebSocket echo through portico, and takes a
-//! screenshot. Skips, saying why, where Chromium is not installed.
+//! screenshot. Skips, saying why, where Chromium is not installed, except
+//! under `CI=true`, where a missing Chromium fails the test.
 
 mod support;
 
@@ -40,6 +41,11 @@ fn chromium() -> Option<&'static str> {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
+}
+
+/// Whether this runs under CI (`CI=true`, as CI systems set it).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 struct Kill(std::process::Child);
@@ -97,6 +103,12 @@ fn run_chromium(
 #[test]
 fn headless_chromium_loads_a_page_over_h2_and_a_websocket_through_portico() {
     let Some(bin) = chromium() else {
+        // CI must never pass without the browser: .ci/run installs it there.
+        assert!(
+            !in_ci(),
+            "chromium is not installed (/usr/bin/chromium or /usr/bin/chromium-browser), \
+             and CI=true needs the browser test to run: .ci/run installs it"
+        );
         eprintln!("SKIPPED browser test: chromium is not installed (.ci/run installs it)");
         return;
     };
