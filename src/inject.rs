@@ -134,7 +134,7 @@ struct Doc<'a> {
 
 /// Adds portico to every workload in `sources`, and moves the Services that
 /// select them onto portico's port.
-pub fn inject(sources: &[Source], opts: &Options) -> Result<Injection, InjectError> {
+pub fn inject(sources: &[Source], opts: &Options) -> Result<Injection, Box<InjectError>> {
     let mut docs = Vec::new();
     let mut pieces_by_source = Vec::new();
     for (s, source) in sources.iter().enumerate() {
@@ -147,7 +147,7 @@ pub fn inject(sources: &[Source], opts: &Options) -> Result<Injection, InjectErr
                 Ok(None) => continue,
                 Ok(Some(node)) => node,
                 Err(e) => {
-                    return Err(InjectError {
+                    return Err(Box::new(InjectError {
                         source: source.name.clone(),
                         index: index + 1,
                         kind: None,
@@ -159,17 +159,19 @@ pub fn inject(sources: &[Source], opts: &Options) -> Result<Injection, InjectErr
                             piece.first_line + e.line,
                             e.column
                         ),
-                    })
+                    }))
                 }
             };
             index += 1;
-            let error = |field: &str, message: &str| InjectError {
-                source: source.name.clone(),
-                index,
-                kind: pod::kind(&node).map(str::to_owned),
-                name: pod::name(&node).map(str::to_owned),
-                field: field.into(),
-                message: message.into(),
+            let error = |field: &str, message: &str| {
+                Box::new(InjectError {
+                    source: source.name.clone(),
+                    index,
+                    kind: pod::kind(&node).map(str::to_owned),
+                    name: pod::name(&node).map(str::to_owned),
+                    field: field.into(),
+                    message: message.into(),
+                })
             };
             if !node.is_map() {
                 return Err(error(
@@ -195,7 +197,7 @@ pub fn inject(sources: &[Source], opts: &Options) -> Result<Injection, InjectErr
     let mut notes = Vec::new();
     for doc in &mut docs {
         let source = &sources[doc.source].name;
-        let mut visit = |obj: &mut Node, prefix: String| -> Result<bool, InjectError> {
+        let mut visit = |obj: &mut Node, prefix: String| -> Result<bool, Box<InjectError>> {
             let label = label(obj);
             match pod::inject(obj, opts) {
                 Ok(Outcome::Other) => Ok(false),
@@ -208,24 +210,26 @@ pub fn inject(sources: &[Source], opts: &Options) -> Result<Injection, InjectErr
                     injected.push(i);
                     Ok(true)
                 }
-                Err(f) => Err(InjectError {
+                Err(f) => Err(Box::new(InjectError {
                     source: source.clone(),
                     index: doc.index,
                     kind: pod::kind(obj).map(str::to_owned),
                     name: pod::name(obj).map(str::to_owned),
                     field: format!("{prefix}{}", f.field),
                     message: f.message,
-                }),
+                })),
             }
         };
         if is_list(&doc.node) {
-            let items = list_items(&mut doc.node).ok_or_else(|| InjectError {
-                source: source.clone(),
-                index: doc.index,
-                kind: Some("List".into()),
-                name: None,
-                field: "items".into(),
-                message: "must be a list of objects".into(),
+            let items = list_items(&mut doc.node).ok_or_else(|| {
+                Box::new(InjectError {
+                    source: source.clone(),
+                    index: doc.index,
+                    kind: Some("List".into()),
+                    name: None,
+                    field: "items".into(),
+                    message: "must be a list of objects".into(),
+                })
             })?;
             for (i, item) in items.iter_mut().enumerate() {
                 doc.changed |= visit(item, format!("items[{i}]."))?;
@@ -536,7 +540,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 mod tests {
     use super::*;
 
-    fn run(text: &str) -> Result<Injection, InjectError> {
+    fn run(text: &str) -> Result<Injection, Box<InjectError>> {
         inject(
             &[Source {
                 name: "in.yaml".into(),

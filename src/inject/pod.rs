@@ -143,10 +143,10 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
         let here = path.unwrap_or_default()[..=i].join(".");
         template = match template.get_mut(key) {
             Some(t) if t.is_map() => t,
-            Some(_) => return Err(fault(here, "must be a mapping")),
-            None => {
+            Some(t) if !t.is_null() => return Err(fault(here, "must be a mapping")),
+            _ => {
                 return Err(fault(
-                    here,
+                    path.unwrap_or_default().join("."),
                     format!("missing: a {kind} needs a Pod template"),
                 ))
             }
@@ -156,11 +156,11 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
     let spec_field = format!("{prefix}spec");
     let spec = match pod.get("spec") {
         Some(s) if s.is_map() => s,
-        Some(_) => return Err(fault(spec_field, "must be a mapping")),
-        None => {
+        Some(s) if !s.is_null() => return Err(fault(spec_field, "must be a mapping")),
+        _ => {
             return Err(fault(
-                spec_field,
-                "missing: the Pod needs a spec with containers",
+                format!("{spec_field}.containers"),
+                "no containers: there is no app to put portico in front of",
             ))
         }
     };

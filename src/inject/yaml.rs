@@ -245,13 +245,21 @@ fn marker(line: &str, m: &str) -> bool {
 pub fn split(text: &str) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
     let (mut start, mut start_line, mut offset) = (0, 0, 0);
+    // Directives (`%YAML 1.2`) belong to the `---` that follows them.
+    let mut directives = false;
     for (n, line) in text.split_inclusive('\n').enumerate() {
-        if marker(line, "---") && offset > start {
+        let directive = line.starts_with('%');
+        if (directive || marker(line, "---")) && !directives && offset > start {
             pieces.push(Piece {
                 text: &text[start..offset],
                 first_line: start_line,
             });
             (start, start_line) = (offset, n);
+        }
+        if directive {
+            directives = true;
+        } else if marker(line, "---") {
+            directives = false;
         }
         offset += line.len();
         if marker(line, "...") {
@@ -721,6 +729,11 @@ mod tests {
             [0, 2, 5, 8]
         );
         assert!(split("----\na: 1\n").len() == 1, "---- is no marker");
+        let texts: Vec<&str> = split("# c\n%YAML 1.2\n---\na: 1\n")
+            .iter()
+            .map(|p| p.text)
+            .collect();
+        assert_eq!(texts, ["# c\n", "%YAML 1.2\n---\na: 1\n"]);
     }
 
     #[test]
