@@ -352,6 +352,7 @@ fn rewrite(text: &str, node: &Node) -> String {
 #[derive(Parser, Debug)]
 #[command(
     name = "portico inject",
+    bin_name = "portico inject",
     version,
     about = "Add portico to the workloads in Kubernetes manifests and write them to stdout",
     long_about = "Reads Kubernetes manifests (YAML or JSON, several documents, Lists) and writes \
@@ -372,8 +373,14 @@ pub struct InjectArgs {
     /// Manifest files (YAML or JSON); none or `-`: stdin.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// The kubernetes.io/tls Secret portico serves [default: <workload name>-tls].
-    #[arg(long, value_name = "NAME", value_parser = parse_secret)]
+    /// The TLS Secret portico serves (default: `<workload name>-tls`).
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_parser = parse_secret,
+        // Not the doc comment: rustdoc would read `<workload name>` as HTML.
+        help = "The kubernetes.io/tls Secret portico serves [default: <workload name>-tls]"
+    )]
     pub secret: Option<String>,
     /// The app's port on 127.0.0.1 [default: the first container's first port, else 8080].
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]

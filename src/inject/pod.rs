@@ -165,7 +165,11 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
         }
     };
     let containers_field = format!("{spec_field}.containers");
-    let containers = match spec.get("containers").map(Node::as_seq) {
+    let containers = match spec
+        .get("containers")
+        .filter(|c| !c.is_null())
+        .map(Node::as_seq)
+    {
         Some(Some(c)) if !c.is_empty() => c,
         Some(Some(_)) | None => {
             return Err(fault(
@@ -195,7 +199,8 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
                 .enumerate()
                 .map(|(i, c)| (format!("{spec_field}.initContainers[{i}]"), c)),
         );
-    let mut ports = Vec::new(); // (field, container index or None for init, name, number)
+    // (the port's field, its name, its number)
+    let mut ports = Vec::new();
     for (field, c) in all.clone() {
         if !c.is_map() {
             return Err(fault(field, "must be a mapping (a container)"));
@@ -233,7 +238,7 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
                     )
                 })?;
             let pname = p.get("name").and_then(Node::as_str).map(str::to_owned);
-            ports.push((pf, field.clone(), pname, number));
+            ports.push((pf, pname, number));
         }
     }
     let first_port = containers
@@ -255,7 +260,7 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
                 format!("the app's port {app_port} is also portico's {what} port: choose another with {option}"),
             ));
         }
-        if let Some((pf, ..)) = ports.iter().find(|(_, _, _, n)| *n == port) {
+        if let Some((pf, ..)) = ports.iter().find(|(_, _, n)| *n == port) {
             return Err(fault(
                 format!("{pf}.containerPort"),
                 format!("{port} is portico's {what} port: choose another with {option}"),
@@ -263,10 +268,7 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
         }
     }
     for taken in ["https", "admin"] {
-        if let Some((pf, ..)) = ports
-            .iter()
-            .find(|(_, _, n, _)| n.as_deref() == Some(taken))
-        {
+        if let Some((pf, ..)) = ports.iter().find(|(_, n, _)| n.as_deref() == Some(taken)) {
             return Err(fault(
                 format!("{pf}.name"),
                 format!("{taken} is the name of portico's port: rename this one"),
@@ -296,8 +298,8 @@ pub fn inject(obj: &mut Node, opts: &Options) -> Result<Outcome, Fault> {
         .unwrap_or(0);
     let app_port_names: Vec<String> = ports
         .iter()
-        .filter(|(_, _, _, n)| *n == app_port)
-        .filter_map(|(_, _, name, _)| name.clone())
+        .filter(|(_, _, n)| *n == app_port)
+        .filter_map(|(_, name, _)| name.clone())
         .collect();
     let secret = match (&opts.secret, &name) {
         (Some(s), _) => s.clone(),
