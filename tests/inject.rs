@@ -743,3 +743,74 @@ fn inject_needs_no_proxy_option_and_lists_in_help() {
     }
     assert!(!help.stdout.contains("--listen"), "{}", help.stdout);
 }
+
+#[test]
+fn inject_schema_check_rejects_what_kubernetes_would() {
+    // The validation the golden tests rely on does bite: an unknown field, and
+    // a string where 1.30 wants an integer.
+    if !python_ready() {
+        return;
+    }
+    for bad in [
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: b, sidecar: true}]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: b}]\n  terminationGracePeriodSeconds: '45'\n",
+    ] {
+        let out = Command::new("python3")
+            .arg(dir().join("check.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().expect("stdin").write_all(bad.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("run check.py");
+        assert_eq!(out.status.code(), Some(1), "accepted:\n{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Pod/p against Kubernetes 1.30"));
+    }
+}
+
+#[test]
+fn inject_any_prefix_of_a_fixture_is_an_answer_not_a_panic_and_is_idempotent() {
+    // Prefixes of every fixture (cut mid-document, mid-key, mid-quote; every
+    // 5th byte, which keeps this to seconds in a debug build) are either
+    // injected, with a second pass changing nothing, or refused with an
+    // error; never a panic.
+    let opts = portico::inject::Options::default();
+    let mut ok = 0;
+    let mut refused = 0;
+    for entry in std::fs::read_dir(dir()).expect("tests/inject") {
+        let path = entry.expect("entry").path();
+        let name = path.to_string_lossy().into_owned();
+        if !(name.ends_with(".yaml") || name.ends_with(".json")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        for cut in (0..=text.len())
+            .step_by(5)
+            .filter(|i| text.is_char_boundary(*i))
+        {
+            let source = |t: &str| portico::inject::Source {
+                name: "x".into(),
+                text: t.into(),
+            };
+            match portico::inject::inject(&[source(&text[..cut])], &opts) {
+                Ok(first) => {
+                    ok += 1;
+                    let second = portico::inject::inject(&[source(&first.output)], &opts)
+                        .unwrap_or_else(|e| panic!("{name} cut at {cut}: second pass: {e}"));
+                    assert_eq!(
+                        second.output, first.output,
+                        "{name} cut at {cut}: the second pass changed it"
+                    );
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(
+        ok > 300 && refused > 300,
+        "{ok} injected, {refused} refused"
+    );
+}
