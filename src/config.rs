@@ -441,6 +441,14 @@ impl Config {
         let parsed = cli::Cli::from_arg_matches(&matches).map_err(ArgsError::Clap)?;
         let mode = match parsed.command {
             Some(cli::Command::Check) => Mode::Check,
+            // main.rs runs `portico inject` before this parser; here it is
+            // only when proxy options came first, which inject does not take.
+            Some(cli::Command::Inject(_)) => {
+                return Err(ArgsError::Clap(cli::Cli::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "inject takes no proxy option: write `portico inject [OPTIONS] [FILE...]`",
+                )))
+            }
             None => Mode::Run,
         };
         // clap propagates `global = true` options down into the subcommand's

@@ -6,7 +6,8 @@
 //! headers, routing via [`routing`]) → [`upstream`] (pooled clients to the
 //! primary). [`error`] turns every failure into SPEC's answer. Beside the data
 //! path: [`config`], [`certs`], [`admin`], [`readiness`], [`shutdown`],
-//! [`telemetry`], and [`app`], which wires them.
+//! [`telemetry`], and [`app`], which wires them. [`inject`] is the
+//! `portico inject` command, which edits Kubernetes manifests and uses none of them.
 
 pub mod admin;
 #[cfg(feature = "mimalloc")]
@@ -15,6 +16,7 @@ pub mod app;
 pub mod certs;
 pub mod config;
 pub mod error;
+pub mod inject;
 pub mod listener;
 pub mod readiness;
 pub mod routing;

@@ -15,6 +15,10 @@ use portico::config::{ArgsError, Config, Mode};
 use portico::shutdown::Phase;
 
 fn main() -> ExitCode {
+    // `inject` edits manifests: none of the proxy's options, logging or runtime.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "inject") {
+        return portico::inject::main(std::env::args_os());
+    }
     let (mode, cfg) = match Config::from_args(std::env::args_os()) {
         Ok(v) => v,
         Err(ArgsError::Clap(e)) => {

@@ -30,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Load the configuration and every certificate, print a summary, exit 0 (or 2).
     Check,
+    /// Add portico to the workloads in Kubernetes manifests (FILE... or stdin) and write them to stdout.
+    Inject(crate::inject::InjectArgs),
 }
 
 /// Every option of SPEC's table, as given (flag or environment).
