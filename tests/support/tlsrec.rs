@@ -4,7 +4,8 @@
 //! alert portico answers with. The handshake is rustls's client; its traffic
 //! keys come out with `dangerous_extract_secrets`, and records are sealed and
 //! opened here with aws-lc-rs, as RFC 8446 §5.2 and RFC 5246 §6.2.3.3 say.
-//! Only the test's peer does this: portico's records are rustls's.
+//! Only the test's peer does this: portico's records are rustls's. Also
+//! used by the `tls_stream` fuzz target.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -186,7 +187,10 @@ impl Keyed {
     /// Connects and shakes hands with `cfg` (secret extraction is turned on here).
     pub async fn connect(addr: SocketAddr, mut cfg: rustls::ClientConfig) -> Self {
         cfg.enable_secret_extraction = true;
-        let tls = super::tls_connect(addr, "localhost", cfg)
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
             .await
             .expect("TLS handshake");
         let (tcp, conn) = tls.into_inner();
