@@ -10,6 +10,7 @@
 #   ROUNDS=1 BENCH_SECS=2 SCENARIOS="S1 S2" bash benches/compare.sh
 #   PROXIES="portico nginx" bash benches/compare.sh
 #   SCENARIOS=S2H ...                       # S2 driven by h2load instead of the bench's client
+#   SCENARIOS=S1W ...                       # S1 driven by wrk instead of the bench's client
 #   PORTICO_BIN=/tmp/new PORTICO_B=/tmp/old PROXIES="portico portico_b" REPORT=0 bash benches/compare.sh
 #                                           # A/B two builds; REPORT=0 leaves
 #                                           # benches/README.md alone and prints medians
@@ -23,7 +24,7 @@ source benches/lib.sh
 ROUNDS=${ROUNDS:-3}
 export BENCH_SECS=${BENCH_SECS:-4}
 export BENCH_WARMUP_SECS=${BENCH_WARMUP_SECS:-1}
-SCENARIOS=${SCENARIOS:-"S1 S1R S2 S2R S2H S3E S3R S3T S4D S4U S5"}
+SCENARIOS=${SCENARIOS:-"S1 S1W S1R S2 S2R S2H S3E S3R S3T S4D S4U S5"}
 PROXIES=${PROXIES:-"portico nginx haproxy"}
 PROXY_CPU=${PROXY_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -40,6 +41,7 @@ missing=()
 [[ -x $HAPROXY ]] || missing+=(haproxy)
 for tool in taskset prlimit; do command -v $tool >/dev/null || missing+=(util-linux); done
 [[ " $SCENARIOS " == *" S2H "* ]] && ! command -v h2load >/dev/null && missing+=(nghttp2-client)
+[[ " $SCENARIOS " == *" S1W "* ]] && ! command -v wrk >/dev/null && missing+=(wrk)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     # No init system here: keep the packages' postinst from starting daemons.
@@ -277,6 +279,44 @@ print(json.dumps({
 PY
     python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print("  S2H %10.0f req/s  p99 %8.2f ms  cpu %8.1f µs/req  (%.0f%% of a core)  errors %d" % (r["rps"], r["p99_us"]/1000, r["cpu"], r["util"], r["errors"]))' "$RESULTS" >>"$out"
 }
+# S1W: S1's load (64 keep-alive HTTP/1.1 connections, small GET back to
+# back) from wrk, a C client (OpenSSL), as users measure proxies: a client
+# other than the bench's own must agree. wrk has no warm-up of its own: a
+# first run of BENCH_WARMUP_SECS warms the proxy, then the measured run's CPU
+# (from /proc/PID/stat, its 64 handshakes included) is divided by its
+# requests; latencies are wrk's --latency percentiles.
+run_wrk() { # PROXY
+    local p=$1 out=$TMP/run-$s-$r-$1.err pid=${PID[$1]} a b
+    local url="https://127.0.0.1:${PORT[$p]}/"
+    taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"${BENCH_WARMUP_SECS}s" "$url" >/dev/null 2>&1 || true
+    a=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"${BENCH_SECS}s" --latency "$url" >"$out" 2>&1 ||
+        { log "wrk against $p failed:"; tail -5 "$out" >&2; return; }
+    b=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    python3 - "$out" "$p" "$((b - a))" "$(getconf CLK_TCK)" "$BENCH_SECS" >>"$RESULTS" <<'PY'
+import json, re, sys
+out, label, ticks, hz, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+text = open(out).read()
+n = int(re.search(r"(\d+) requests in", text).group(1))
+def us(pct):
+    m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % pct, text, re.M)
+    if not m:
+        return 0
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errors = (sum(int(x) for x in errs.groups()) if errs else 0) + (int(non2xx.group(1)) if non2xx else 0)
+cpu_us = ticks * 1e6 / hz
+print(json.dumps({
+    "scenario": "S1W", "label": label, "n": n, "rps": n / secs,
+    "p50_us": us(50), "p99_us": us(99), "p999_us": None,
+    "cpu": cpu_us / n if n else None, "unit": "\u00b5s/req",
+    "util": cpu_us / 1e6 / secs * 100, "errors": errors,
+    "note": "wrk -t1 -c64, h1 keep-alive",
+}, sort_keys=True))
+PY
+    python3 -c 'import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print("  S1W %10.0f req/s  p99 %8.2f ms  cpu %8.1f µs/req  (%.0f%% of a core)  errors %d" % (r["rps"], r["p99_us"]/1000, r["cpu"], r["util"], r["errors"]))' "$RESULTS" >>"$out"
+}
 for s in $SCENARIOS; do
     for r in $(seq "$ROUNDS"); do
         for p in $PROXIES; do
@@ -284,6 +324,8 @@ for s in $SCENARIOS; do
             before=$(upstream_accepted || echo 0)
             if [[ $s == S2H ]]; then
                 run_h2load "$p"
+            elif [[ $s == S1W ]]; then
+                run_wrk "$p"
             else
                 BENCH_TARGET_ADDR=127.0.0.1:${PORT[$p]} BENCH_TARGET_PID=${PID[$p]} \
                     BENCH_LABEL=$p BENCH_SCENARIOS=$s BENCH_JSON=$RESULTS \

@@ -11,9 +11,10 @@ import statistics
 from collections import defaultdict
 from html import escape
 
-ORDER = ["S1", "S1R", "S2", "S2R", "S2H", "S3E", "S3R", "S3T", "S4D", "S4U", "S5"]
+ORDER = ["S1", "S1W", "S1R", "S2", "S2R", "S2H", "S3E", "S3R", "S3T", "S4D", "S4U", "S5"]
 NAMES = {
     "S1": "S1 HTTP/1.1 keep-alive, 64 conns",
+    "S1W": "S1 by wrk (same load)",
     "S1R": "S1R HTTP/1.1, fixed offered load",
     "S2": "S2 HTTP/2, 16 conns x 32 streams",
     "S2R": "S2R HTTP/2, fixed offered load",
@@ -28,6 +29,7 @@ NAMES = {
 # The targets, as ratios to nginx in the same run: (figure, max ratio).
 TARGETS = {
     "S1": [("cpu", 0.8)],
+    "S1W": [("cpu", 0.8)],
     "S1R": [("p99", 0.85)],
     "S2": [("cpu", 0.75), ("p99", 1.0)],
     "S2H": [("cpu", 0.75), ("p99", 1.0)],

@@ -105,7 +105,6 @@ fn wildcard_matches(pattern: &str, name: &str) -> bool {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        crate::tls::stream::saw_sni(hello.server_name());
         Some(self.pick(hello.server_name()))
     }
 }

@@ -3,8 +3,6 @@
 //! turns a TCP stream into a TLS stream plus what the request stage needs to
 //! know about the connection.
 
-mod hkdf;
-pub mod record;
 pub mod san;
 pub mod stream;
 
@@ -23,13 +21,14 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use x509_parser::prelude::*;
 
 use crate::certs::CertStore;
 use crate::config::{ClientAuth, Config};
 use crate::stack::headers::ClientFor;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use san::{ClientIdentity, SanPattern};
 use stream::TlsStream;
 
@@ -79,42 +78,7 @@ pub fn provider() -> Arc<CryptoProvider> {
         _ => 5,
     };
     p.cipher_suites.sort_by_key(rank);
-    for s in &mut p.cipher_suites {
-        if let rustls::SupportedCipherSuite::Tls13(t) = s {
-            *t = with_our_key_schedule(t);
-        }
-    }
     Arc::new(p)
-}
-
-/// A TLS 1.3 suite of rustls's with `hkdf.rs`'s key schedule; each is made
-/// once per process (the suites are `'static` in rustls's API).
-fn with_our_key_schedule(
-    t: &'static rustls::Tls13CipherSuite,
-) -> &'static rustls::Tls13CipherSuite {
-    static MADE: std::sync::Mutex<Vec<&'static rustls::Tls13CipherSuite>> =
-        std::sync::Mutex::new(Vec::new());
-    let hkdf: &'static dyn rustls::crypto::tls13::Hkdf = match t.common.hash_provider.algorithm() {
-        rustls::crypto::hash::HashAlgorithm::SHA256 => &hkdf::HKDF_SHA256,
-        rustls::crypto::hash::HashAlgorithm::SHA384 => &hkdf::HKDF_SHA384,
-        _ => return t,
-    };
-    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = made.iter().find(|m| m.common.suite == t.common.suite) {
-        return m;
-    }
-    let ours: &'static rustls::Tls13CipherSuite = Box::leak(Box::new(rustls::Tls13CipherSuite {
-        common: rustls::CipherSuiteCommon {
-            suite: t.common.suite,
-            hash_provider: t.common.hash_provider,
-            confidentiality_limit: t.common.confidentiality_limit,
-        },
-        hkdf_provider: hkdf,
-        aead_alg: t.aead_alg,
-        quic: t.quic,
-    }));
-    made.push(ours);
-    ours
 }
 
 /// The client verification policy, rebuilt when `--client-ca` changes.
@@ -242,6 +206,10 @@ impl TlsAcceptor {
     }
 
     /// Runs a handshake within `timeout` (zero: no limit).
+    ///
+    /// Each connection gets its own copy of the `ServerConfig` (a few
+    /// reference counts and the ALPN list) whose certificate resolver notes
+    /// the SNI: rustls's unbuffered connection has no accessor for it.
     pub async fn accept(
         &self,
         tcp: TcpStream,
@@ -249,7 +217,13 @@ impl TlsAcceptor {
         port: HeaderValue,
         timeout: Duration,
     ) -> Result<(TlsStream, ConnInfo), HandshakeError> {
-        let hs = TlsStream::accept(tcp, self.config.load_full());
+        let sni = Arc::new(SniNoted {
+            store: self.store.clone(),
+            sni: std::sync::Mutex::new(None),
+        });
+        let mut config = ServerConfig::clone(&self.config.load());
+        config.cert_resolver = sni.clone();
+        let hs = TlsStream::accept(tcp, Arc::new(config));
         let (stream, settled) = if timeout.is_zero() {
             hs.await.map_err(HandshakeError::Failed)?
         } else {
@@ -262,7 +236,7 @@ impl TlsAcceptor {
             peer,
             client_for: ClientFor::new(peer.ip()),
             port,
-            sni: settled.sni,
+            sni: sni.take(),
             tls_version: if settled.tls13 { "TLSv1.3" } else { "TLSv1.2" },
             h2: settled.h2,
             xfcc: settled.client_cert.and_then(|leaf| xfcc(leaf.as_ref())),
@@ -300,10 +274,31 @@ fn build_config(
     // every full handshake an HKDF, an AEAD seal and a record.
     config.send_tls13_tickets = 1;
     config.session_storage = ServerSessionMemoryCache::new(4096);
-    // rustls hands the traffic keys to the record layer after the handshake
-    // (src/tls/stream.rs).
-    config.enable_secret_extraction = true;
     Ok(config)
+}
+
+/// The certificate store as one connection's resolver: it notes the SNI the
+/// ClientHello carried (rustls asks for a certificate in full and resumed
+/// handshakes alike).
+#[derive(Debug)]
+struct SniNoted {
+    store: Arc<CertStore>,
+    sni: std::sync::Mutex<Option<Box<str>>>,
+}
+
+impl SniNoted {
+    fn take(&self) -> Option<Box<str>> {
+        self.sni.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl ResolvesServerCert for SniNoted {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            *self.sni.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::from(name));
+        }
+        self.store.resolve(hello)
+    }
 }
 
 /// Wraps a WebPKI verifier and refuses verified certificates whose identity
@@ -403,10 +398,10 @@ pub fn identity(der: &[u8]) -> Option<ClientIdentity> {
 /// SAN cannot forge a second element or key.
 pub fn xfcc(der: &[u8]) -> Option<HeaderValue> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let hash = Sha256::digest(der);
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     let mut out = String::with_capacity(256);
     out.push_str("Hash=");
-    for b in hash {
+    for &b in hash.as_ref() {
         push_hex(&mut out, b);
     }
     out.push_str(";Subject=");

@@ -1826,6 +1826,425 @@ async fn requests_split_over_one_byte_records_or_sharing_a_record_are_read_whole
 }
 
 // ---------------------------------------------------------------------------
+// 4b. TLS records after the handshake: rustls's record layer, its limits,
+// and what portico owes a client that does not read.
+// ---------------------------------------------------------------------------
+
+const ALERT_BAD_RECORD_MAC: u8 = 20;
+const ALERT_RECORD_OVERFLOW: u8 = 22;
+const ALERT_ILLEGAL_PARAMETER: u8 = 47;
+const ALERT_NO_RENEGOTIATION: u8 = 100;
+
+/// An upstream that answers `/slow` after 2 s and everything else at once.
+async fn slow_upstream() -> Upstream {
+    upstream_with(false, |s| async move {
+        if s.uri.path() == "/slow" {
+            tokio::time::sleep(MS(2000)).await;
+        }
+        Response::new(Full::new(Bytes::from_static(b"done")))
+    })
+    .await
+}
+
+/// SPEC "TLS": a KeyUpdate flood. A TLS 1.3 client with a slow request in
+/// flight sends 1,000 KeyUpdates asking for an update and reads nothing.
+/// rustls allows 32 without application data between them: the connection is
+/// closed, portico's memory stays put (under 2 MiB more), and a well-behaved
+/// client's requests meanwhile are all answered, none slower than 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_update_flood_from_a_client_that_never_reads_is_closed_and_bounded() {
+    let _serial = SERIAL.write().await;
+    let up = slow_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.header_read_timeout = MS(30_000);
+        cfg.idle_timeout = MS(30_000);
+    })
+    .await;
+    let prober = Prober::start(&p).await;
+    let rss_before = rss_kib();
+    let mut tls = raw_tls(&p).await;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    tls.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    tls.flush().await.expect("flush");
+    let mut sent = 0;
+    for _ in 0..1000 {
+        if tls.get_mut().1.refresh_traffic_keys().is_err() || tls.flush().await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(sent > 32, "the client got {sent} KeyUpdates out");
+    // Read as TCP, not through the client's TLS: the close must be portico's
+    // doing, not the client's refusal of what it reads. Without a limit the
+    // connection would wait for a next request until the 30 s timeouts.
+    let (mut tcp, _) = tls.into_inner();
+    let closed = closed_within(&mut tcp, MS(8000)).await;
+    assert!(
+        closed.is_some(),
+        "the flooding connection is closed ({sent} KeyUpdates sent)"
+    );
+    prober.finish(MS(1000)).await;
+    let rise = rss_kib().saturating_sub(rss_before);
+    assert!(rise < 2048, "RSS rose {rise} KiB");
+    assert_eq!(p.get("/after").await.status, 200, "portico still serves");
+}
+
+/// SPEC "TLS": a second TLS 1.2 renegotiation attempt ends the connection.
+/// The first encrypted ClientHello gets the `no_renegotiation` warning and
+/// the connection lives on; the second closes it. A client sending them in a
+/// loop without reading is closed too, and portico's memory stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_renegotiation_requests_in_a_loop_are_closed_at_the_second() {
+    let _serial = SERIAL.write().await;
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let hello = tlsraw::client_hello(0x0303, &[0xc02b, 0xc02f], &tlsraw::usual_extensions());
+    let cfg = || tlsrec::config(p.roots(), &rustls::version::TLS12, None);
+
+    let mut c = tlsrec::Keyed::connect(p.tls_addr, cfg()).await;
+    c.send(tlsrec::HANDSHAKE, &hello, 0).await.expect("send");
+    let first = c.next_record(MS(3000)).await;
+    assert_eq!(
+        first,
+        Some((tlsrec::ALERT, vec![1, ALERT_NO_RENEGOTIATION])),
+        "the first attempt is refused with a warning"
+    );
+    c.send(
+        tlsrec::APPLICATION_DATA,
+        b"GET /between HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        0,
+    )
+    .await
+    .expect("a request after the refusal");
+    let (_, data) = c.until_alert(MS(1000)).await;
+    assert!(
+        data.starts_with(b"HTTP/1.1 200"),
+        "the connection still serves: {}",
+        String::from_utf8_lossy(&data)
+    );
+    c.send(tlsrec::HANDSHAKE, &hello, 0).await.expect("send");
+    // rustls ends the connection without a word (no alert names a peer
+    // that keeps asking), or with a fatal one; never a second warning.
+    let (alert, _) = c.until_alert(MS(3000)).await;
+    assert!(
+        matches!(alert, None | Some((2, _))),
+        "at the second attempt: {alert:?}"
+    );
+    assert!(
+        c.ends_within(MS(1000)).await,
+        "closed at the second attempt"
+    );
+
+    let rss_before = rss_kib();
+    let mut c = tlsrec::Keyed::connect(p.tls_addr, cfg()).await;
+    let mut sent = 0;
+    for _ in 0..10_000 {
+        if c.send(tlsrec::HANDSHAKE, &hello, 0).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(
+        c.ends_within(MS(3000)).await,
+        "the loop is closed ({sent} sent)"
+    );
+    let rise = rss_kib().saturating_sub(rss_before);
+    assert!(rise < 2048, "RSS rose {rise} KiB");
+    assert_eq!(p.get("/after").await.status, 200, "portico still serves");
+}
+
+/// SPEC "TLS": a KeyUpdate asking for an update that arrives in the same TCP
+/// segment as the client's Finished is handled like any other: rustls
+/// answers it and switches its key, and the next request gets its answer
+/// under the new key. Ten connections, each checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_update_in_the_same_segment_as_the_client_finished_is_followed() {
+    let _shared = SERIAL.read().await;
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let addr = p.tls_addr;
+    let cfg = Arc::new(tlsrec::config(p.roots(), &rustls::version::TLS13, None));
+    let answers = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut answers = Vec::new();
+        for _ in 0..10 {
+            let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+            sock.set_read_timeout(Some(MS(3000))).expect("timeout");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let mut conn = rustls::ClientConnection::new(cfg.clone(), name).expect("client");
+            while conn.is_handshaking() {
+                while conn.wants_write() {
+                    conn.write_tls(&mut sock).expect("write");
+                }
+                conn.read_tls(&mut sock).expect("read");
+                conn.process_new_packets().expect("server's flight");
+            }
+            // The Finished is queued, not sent: the KeyUpdate joins it.
+            conn.refresh_traffic_keys().expect("KeyUpdate queued");
+            let mut flight = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut flight).expect("encode");
+            }
+            sock.write_all(&flight)
+                .expect("Finished and KeyUpdate in one write");
+            conn.writer()
+                .write_all(
+                    b"GET /after-update HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )
+                .expect("request");
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).expect("write");
+            }
+            let mut got = Vec::new();
+            loop {
+                match conn.read_tls(&mut sock) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if conn.process_new_packets().is_err() {
+                    break;
+                }
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.reader().read(&mut chunk) {
+                    got.extend_from_slice(&chunk[..n]);
+                }
+            }
+            answers.push(String::from_utf8_lossy(&got).into_owned());
+        }
+        answers
+    })
+    .await
+    .expect("client thread");
+    for (i, a) in answers.iter().enumerate() {
+        assert!(a.starts_with("HTTP/1.1 200"), "connection {i}: {a:?}");
+        assert!(a.ends_with("hello from upstream"), "connection {i}: {a:?}");
+    }
+    assert_eq!(up.count(), 10);
+}
+
+/// SPEC "TLS": a TLS 1.3 record longer than RFC 8446 allows once its padding
+/// is counted (content, type and padding past 2^14 + 1 bytes) is answered
+/// `record_overflow` and the connection closed, and what it carried never
+/// reaches the upstream. One byte less is the largest allowed, and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_padded_tls13_record_gets_record_overflow() {
+    let _shared = SERIAL.read().await;
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let cfg = || tlsrec::config(p.roots(), &rustls::version::TLS13, None);
+    let req = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes();
+
+    let mut c = tlsrec::Keyed::connect(p.tls_addr, cfg()).await;
+    let at_limit = req("/at-limit");
+    let padding = (1 << 14) + 1 - at_limit.len() - 1;
+    c.send(tlsrec::APPLICATION_DATA, &at_limit, padding)
+        .await
+        .expect("send");
+    let (alert, data) = c.until_alert(MS(1000)).await;
+    assert_eq!(alert, None);
+    assert!(data.starts_with(b"HTTP/1.1 200"), "{data:?}");
+
+    let mut c = tlsrec::Keyed::connect(p.tls_addr, cfg()).await;
+    let over = req("/over-limit");
+    c.send(
+        tlsrec::APPLICATION_DATA,
+        &over,
+        padding + at_limit.len() - over.len() + 1,
+    )
+    .await
+    .expect("send");
+    let (alert, data) = c.until_alert(MS(3000)).await;
+    assert_eq!(alert, Some((2, ALERT_RECORD_OVERFLOW)), "{data:?}");
+    assert!(c.ends_within(MS(3000)).await, "closed");
+    assert_eq!(up.count(), 1);
+    assert_eq!(up.last().uri.path(), "/at-limit");
+}
+
+/// The smaller departures from RFC 8446 and 5246 a hand-written record layer
+/// made, each answered as rustls answers it: a KeyUpdate whose
+/// `request_update` is neither 0 nor 1 gets `illegal_parameter`; a TLS 1.2
+/// record shorter than its tag gets `bad_record_mac`; data after a
+/// close_notify in the same write is not handed on; a KeyUpdate split over
+/// two records is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_handshake_messages_are_answered_as_rustls_answers_them() {
+    let _shared = SERIAL.read().await;
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let tls13 = || tlsrec::config(p.roots(), &rustls::version::TLS13, None);
+
+    let mut c = tlsrec::Keyed::connect(p.tls_addr, tls13()).await;
+    c.send(tlsrec::HANDSHAKE, &[24, 0, 0, 1, 2], 0)
+        .await
+        .expect("send");
+    assert_eq!(
+        c.until_alert(MS(3000)).await.0,
+        Some((2, ALERT_ILLEGAL_PARAMETER)),
+        "request_update 2"
+    );
+
+    let mut c = tlsrec::Keyed::connect(
+        p.tls_addr,
+        tlsrec::config(
+            p.roots(),
+            &rustls::version::TLS12,
+            Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        ),
+    )
+    .await;
+    // A TLS 1.2 AES-GCM record: 8 bytes of explicit nonce and 4 of a 16-byte tag.
+    c.tcp
+        .write_all(&[23, 3, 3, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
+        .await
+        .expect("send");
+    assert_eq!(
+        c.until_alert(MS(3000)).await.0,
+        Some((2, ALERT_BAD_RECORD_MAC)),
+        "a TLS 1.2 record shorter than its tag"
+    );
+
+    let mut c = tlsrec::Keyed::connect(p.tls_addr, tls13()).await;
+    let mut both = c.tx.seal(tlsrec::ALERT, &[1, 0], 0);
+    both.extend(c.tx.seal(
+        tlsrec::APPLICATION_DATA,
+        b"GET /after-close HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        0,
+    ));
+    c.tcp.write_all(&both).await.expect("send");
+    assert!(c.ends_within(MS(3000)).await, "closed after close_notify");
+    assert_eq!(up.count(), 0, "nothing after close_notify is handed on");
+
+    // A KeyUpdate in two records is one message: accepted, not refused.
+    // (This client cannot follow it with more: its next key would need the
+    // traffic secret, which rustls does not hand out.)
+    let mut c = tlsrec::Keyed::connect(p.tls_addr, tls13()).await;
+    c.send(tlsrec::HANDSHAKE, &[24, 0, 0], 0)
+        .await
+        .expect("send");
+    c.send(tlsrec::HANDSHAKE, &[1, 0], 0).await.expect("send");
+    assert!(
+        !c.ends_within(MS(500)).await,
+        "a KeyUpdate split over two records is not refused"
+    );
+}
+
+/// Interop: 10 MiB downloaded and 10 MiB uploaded, each checked by its
+/// SHA-256, over ChaCha20-Poly1305 and AES-256-GCM in TLS 1.2 and 1.3; in
+/// TLS 1.3 the client also sends a KeyUpdate (asking for one back) after every
+/// MiB of the download, so rustls changes keys both ways mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_over_chacha20_and_aes256_in_tls12_and_tls13_arrive_whole() {
+    use rustls::CipherSuite::*;
+    use sha2::{Digest, Sha256};
+    let _shared = SERIAL.read().await;
+    const SIZE: usize = 10 * 1024 * 1024;
+    let big = Bytes::from(
+        (0..SIZE)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let big_hash = Sha256::digest(&big);
+    let served = big.clone();
+    let up = upstream_with(false, move |s| {
+        let served = served.clone();
+        async move {
+            if s.method == http::Method::POST {
+                let hex: String = Sha256::digest(&s.body)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Response::new(Full::new(Bytes::from(hex)))
+            } else {
+                Response::new(Full::new(served))
+            }
+        }
+    })
+    .await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let cases = [
+        (&rustls::version::TLS13, TLS13_CHACHA20_POLY1305_SHA256),
+        (&rustls::version::TLS13, TLS13_AES_256_GCM_SHA384),
+        (
+            &rustls::version::TLS12,
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (version, suite) in cases {
+        let tls13 = version.version == rustls::ProtocolVersion::TLSv1_3;
+        let cfg = tlsrec::config(p.roots(), version, Some(suite));
+        let mut tls = tls_connect(p.tls_addr, "localhost", cfg)
+            .await
+            .expect("handshake");
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(suite)
+        );
+        tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("request");
+        let (head, mut body) = read_head(&mut tls).await;
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{suite:?}: {head}");
+        let mut hasher = Sha256::new();
+        let mut got = body.len();
+        hasher.update(&body);
+        let mut next_update = 1024 * 1024;
+        let mut updates = 0;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while got < SIZE {
+            if tls13 && got >= next_update {
+                tls.get_mut().1.refresh_traffic_keys().expect("KeyUpdate");
+                tls.flush().await.expect("flush");
+                next_update += 1024 * 1024;
+                updates += 1;
+            }
+            let n = tokio::time::timeout(MS(10_000), tls.read(&mut chunk))
+                .await
+                .expect("body moves")
+                .expect("read");
+            assert!(n > 0, "{suite:?}: body cut at {got}");
+            hasher.update(&chunk[..n]);
+            got += n;
+        }
+        body.clear();
+        assert_eq!(got, SIZE, "{suite:?}");
+        assert_eq!(
+            hasher.finalize(),
+            big_hash,
+            "{suite:?}: the download's hash"
+        );
+        if tls13 {
+            assert!(updates >= 9, "{suite:?}: {updates} KeyUpdates");
+        }
+
+        let head =
+            format!("POST /hash HTTP/1.1\r\nHost: localhost\r\nContent-Length: {SIZE}\r\n\r\n");
+        tls.write_all(head.as_bytes()).await.expect("head");
+        for part in big.chunks(64 * 1024) {
+            tls.write_all(part).await.expect("upload");
+        }
+        tls.flush().await.expect("flush");
+        let resp = read_response(&mut tls).await.expect("the upload's answer");
+        let want: String = big_hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(resp.status, 200, "{suite:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&resp.body),
+            want,
+            "{suite:?}: the upload's hash"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // 5. Broken upstreams.
 // ---------------------------------------------------------------------------
 

@@ -1,55 +1,59 @@
-//! The TLS record layer of one client connection.
+//! One client connection's TLS: rustls's unbuffered API over the TCP stream.
 //!
-//! The handshake runs on rustls's unbuffered API. Once it is done, rustls
-//! hands over the traffic keys (`rustls::kernel`, the interface made for
-//! kernel TLS) and keeps only what key updates need; records are then sealed
-//! and opened here (`record.rs`), in place:
+//! rustls carries out the whole protocol, the handshake and every record
+//! after it: it decrypts records where they were read, encrypts into buffers
+//! handed to it, answers KeyUpdates, refuses renegotiation, enforces its
+//! limits and writes its own alerts. What this module owns is the buffers and
+//! when the socket is read and written:
 //!
-//! - a received record is decrypted where it was read and copied once, into
-//!   hyper's buffer (rustls's own connection copies each record twice more);
-//! - an outgoing record is sealed straight into the buffer that is written
-//!   (rustls copies each sealed record once or twice more);
-//! - buffers belong to the connection only while it has bytes in them: the
-//!   receive buffer is allocated when the socket is readable and freed when
-//!   the connection waits, records are sealed into one buffer per thread, and
-//!   only what the socket did not take stays with the connection. An idle
-//!   keep-alive connection holds its socket, two AEAD keys and no buffer
-//!   (S5 in benches/).
+//! - a buffer is the connection's only while it holds bytes: the receive
+//!   buffer is allocated when the socket is readable and freed when the
+//!   connection waits with nothing left in it; records are encrypted into one
+//!   buffer per thread and written from there, and only what the socket did
+//!   not take stays with the connection. An idle keep-alive connection holds
+//!   its socket and rustls's state, and no buffer (S5 in benches/);
+//! - what portico owes a client is bounded: while more than `TX_BOUND` bytes
+//!   wait for a client that does not read, nothing more is read from it, so
+//!   its KeyUpdates, warnings and requests cannot make portico queue without
+//!   end;
+//! - a lingering close, as nginx's `lingering_close` (see `LINGER_MAX`);
+//! - TLS 1.3's session ticket leaves with the first response, in its write.
 
-use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use rustls::kernel::KernelConnection;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    UnbufferedStatus, WriteTraffic,
 };
-use rustls::{ProtocolVersion, ServerConfig, SupportedCipherSuite};
+use rustls::{ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
-
-use super::record::{self, alert, Protection, Refused};
 
 /// Reads ask for this much room: two full records.
 const READ_SIZE: usize = 32 * 1024;
 /// A read is started only with at least this much room left.
 const MIN_READ: usize = 8 * 1024;
-/// Plaintext sealed per write call: the socket takes it in one write.
+/// Plaintext encrypted per write call: the socket takes it in one write.
 const WRITE_MAX: usize = 64 * 1024;
-/// Consecutive empty application-data records tolerated (rustls's figure).
-const MAX_EMPTY_RECORDS: u8 = 32;
-/// TLS 1.3 `user_canceled`, a warning that may precede close_notify.
-const USER_CANCELED: u8 = 90;
-/// TLS 1.3 `key_update` handshake message type.
-const KEY_UPDATE: u8 = 24;
+/// Bytes queued for the client past which nothing more is read from it until
+/// it takes some: one write's worth plus what one read's records may ask rustls
+/// to answer. Without it, a client that sends KeyUpdates or warnings and never
+/// reads would have portico queue their answers without end.
+const TX_BOUND: usize = WRITE_MAX + READ_SIZE;
+/// rustls's largest record: 2^14 bytes of plaintext, with the header, the
+/// content type, padding room and the AEAD tag. Estimates the room to encrypt
+/// into; rustls says if it needs more.
+const RECORD_OVERHEAD: usize = 64;
+/// rustls's record size for application data.
+const MAX_FRAGMENT: usize = 16 * 1024;
 
 /// A closing connection goes on reading, and discarding, what the client
 /// still sends, for at most this long: closing a socket with unread bytes
@@ -71,22 +75,14 @@ const MORE_FLAG: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
 const MORE_FLAG: libc::c_int = 0;
 
 thread_local! {
-    /// Records are sealed here and written from here: one buffer per thread;
-    /// the records are `.0[...1]`.
-    static SEALED: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
-    /// The SNI of the ClientHello rustls is resolving a certificate for.
-    static SNI: Cell<Option<Option<Box<str>>>> = const { Cell::new(None) };
+    /// Records are encrypted here and written from here: one buffer per
+    /// thread. `.0[..1]` holds this write's records; the rest of `.0` is
+    /// zeroed room kept for the next write.
+    static SEALED: std::cell::RefCell<(Vec<u8>, usize)> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
-/// Called by the certificate resolver with the ClientHello's SNI: rustls asks
-/// for a certificate (for full and resumed handshakes alike) while the
-/// handshake's records are being processed on this thread, and its unbuffered
-/// connection has no accessor for the name.
-pub fn saw_sni(name: Option<&str>) {
-    SNI.set(Some(name.map(Box::from)));
-}
-
-/// What the handshake settled, read before rustls hands the keys over.
+/// What the handshake settled.
 #[derive(Debug)]
 pub struct Settled {
     /// TLS 1.3 (else 1.2).
@@ -95,41 +91,22 @@ pub struct Settled {
     pub h2: bool,
     /// The client's verified certificate.
     pub client_cert: Option<CertificateDer<'static>>,
-    /// The SNI the client sent.
-    pub sni: Option<Box<str>>,
-}
-
-/// After the handshake: the keys of both directions and rustls's remainder.
-struct Traffic {
-    kernel: KernelConnection<ServerConnectionData>,
-    tx: Protection,
-    rx: Protection,
-    tls13: bool,
-    /// Records one key may seal (the suite's confidentiality limit).
-    limit: u64,
-    empty_records: u8,
-}
-
-enum Tls {
-    Handshake(Box<UnbufferedServerConnection>),
-    Traffic(Box<Traffic>),
-    Failed,
 }
 
 /// A server-side TLS connection over TCP.
 pub struct TlsStream {
     tcp: TcpStream,
-    tls: Tls,
-    /// Ciphertext received: `rx[rx_at..]` is not processed yet.
+    /// rustls's side of the connection; `None` once it has failed.
+    conn: Option<Box<UnbufferedServerConnection>>,
+    /// Received bytes rustls has not discarded yet: `rx[rx_at..]`. rustls
+    /// decrypts records in place here.
     rx: Vec<u8>,
     rx_at: usize,
-    /// Plaintext opened in place and not read yet: `rx[ready]`.
-    ready: Range<usize>,
-    /// Plaintext rustls decrypted during the handshake (a request that came
-    /// with the client's Finished) and not read yet: `plain[plain_at..]`.
+    /// Plaintext rustls handed over that the reader had no room for:
+    /// `plain[plain_at..]`.
     plain: Vec<u8>,
     plain_at: usize,
-    /// Ciphertext the socket has not taken yet: `tx[tx_at..]`.
+    /// Records the socket has not taken yet: `tx[tx_at..]`.
     tx: Vec<u8>,
     tx_at: usize,
     /// How many bytes at the front of `tx` are TLS 1.3's session ticket,
@@ -144,8 +121,6 @@ pub struct TlsStream {
     /// Once the FIN is sent and the client has not finished: when the
     /// lingering close ends at the latest, and its quiet timer.
     linger: Option<(Instant, Pin<Box<Sleep>>)>,
-    sni: Option<Box<str>>,
-    settled: Option<Settled>,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -156,24 +131,44 @@ impl std::fmt::Debug for TlsStream {
     }
 }
 
-/// What rustls reached with the records at hand.
+/// How far rustls got with the records at hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reached {
     /// The handshake needs more records.
     Handshaking,
-    /// The handshake is done and no whole record is left unprocessed.
+    /// Application data may flow; every whole record at hand is processed.
     Traffic,
+    /// Both sides have sent close_notify: nothing more can be written.
+    Closed,
 }
+
+/// Where the plaintext rustls hands over goes: the reader's buffer while it
+/// has room, then `plain`.
+struct Sink<'a, 'b> {
+    buf: Option<&'a mut ReadBuf<'b>>,
+    plain: &'a mut Vec<u8>,
+}
+
+impl Sink<'_, '_> {
+    fn put(&mut self, mut data: &[u8]) {
+        if let Some(buf) = self.buf.as_deref_mut() {
+            let n = buf.remaining().min(data.len());
+            buf.put_slice(&data[..n]);
+            data = &data[n..];
+        }
+        self.plain.extend_from_slice(data);
+    }
+}
+
+/// What to do with rustls's permission to write, when it comes.
+type Writer<'w> = &'w mut dyn FnMut(&mut WriteTraffic<'_, ServerConnectionData>) -> io::Result<()>;
 
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-fn refused(what: &str, a: Refused) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{what} (TLS alert {})", a.0),
-    )
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "the TLS connection has failed")
 }
 
 impl TlsStream {
@@ -182,10 +177,9 @@ impl TlsStream {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
         let mut s = Self {
             tcp,
-            tls: Tls::Handshake(Box::new(conn)),
+            conn: Some(Box::new(conn)),
             rx: Vec::new(),
             rx_at: 0,
-            ready: 0..0,
             plain: Vec::new(),
             plain_at: 0,
             tx: Vec::new(),
@@ -195,24 +189,24 @@ impl TlsStream {
             truncated: false,
             close_sent: false,
             linger: None,
-            sni: None,
-            settled: None,
         };
         poll_fn(|cx| s.poll_handshake(cx)).await?;
-        let settled = s
-            .settled
-            .take()
-            .ok_or_else(|| io::Error::other("handshake ended without its parameters"))?;
+        let conn = s.conn.as_deref().ok_or_else(failed)?;
+        let settled = Settled {
+            tls13: conn.protocol_version() == Some(ProtocolVersion::TLSv1_3),
+            h2: conn.alpn_protocol() == Some(b"h2"),
+            client_cert: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned()),
+        };
         Ok((s, settled))
     }
 
     /// Whether anything from the client is here already: plaintext, records
     /// or the end of the stream.
     fn has_input(&self) -> bool {
-        self.plain_at < self.plain.len()
-            || !self.ready.is_empty()
-            || self.rx_at < self.rx.len()
-            || self.read_done
+        self.plain_at < self.plain.len() || self.rx_at < self.rx.len() || self.read_done
     }
 
     /// Resolves when the client has sent something (or closed). The socket
@@ -227,50 +221,58 @@ impl TlsStream {
         self.tcp.peek(&mut [0u8; 1]).await.map(drop)
     }
 
+    /// Lets rustls process the records at hand (see `process`); on an error
+    /// the connection fails, with the alert rustls chose sent best effort.
+    fn process(
+        &mut self,
+        buf: Option<&mut ReadBuf<'_>>,
+        write: Option<Writer<'_>>,
+    ) -> io::Result<Reached> {
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return Err(failed());
+        };
+        let mut sink = Sink {
+            buf,
+            plain: &mut self.plain,
+        };
+        let r = process(
+            conn,
+            &mut self.rx,
+            &mut self.rx_at,
+            &mut sink,
+            &mut self.tx,
+            &mut self.read_done,
+            write,
+        );
+        if r.is_err() {
+            self.conn = None;
+            self.send_now();
+        }
+        r
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let Tls::Handshake(conn) = &mut self.tls else {
-                return Poll::Ready(Err(io::Error::other("the TLS handshake has failed")));
-            };
-            SNI.set(None);
-            let reached = advance(
-                conn,
-                &mut self.rx,
-                &mut self.rx_at,
-                &mut self.plain,
-                &mut self.tx,
-                &mut self.read_done,
-            );
-            if let Some(sni) = SNI.take() {
-                self.sni = sni;
-            }
-            let reached = match reached {
-                Ok(r) => r,
-                Err(e) => {
-                    self.tls = Tls::Failed;
-                    self.send_now();
-                    return Poll::Ready(Err(e));
-                }
-            };
-            match reached {
+            match self.process(None, None)? {
                 Reached::Traffic => {
                     // What is queued now is TLS 1.3's session ticket: it
                     // leaves with the first response, in the same write (or
                     // before the connection waits for a request). TLS 1.2's
                     // last flight must leave before the handshake counts as
                     // done.
-                    let tls13 = matches!(&self.tls,
-                        Tls::Handshake(c) if c.protocol_version() == Some(ProtocolVersion::TLSv1_3));
+                    let tls13 = self
+                        .conn
+                        .as_deref()
+                        .is_some_and(|c| c.protocol_version() == Some(ProtocolVersion::TLSv1_3));
                     if tls13 {
                         self.ticket = self.tx.len() - self.tx_at;
                     } else {
                         ready!(self.poll_flush_tx(cx))?;
                     }
-                    self.start_traffic()?;
                     self.shed();
                     return Poll::Ready(Ok(()));
                 }
-                Reached::Handshaking => {
+                Reached::Handshaking | Reached::Closed => {
                     // The handshake's flight must leave before more is read.
                     ready!(self.poll_flush_tx(cx))?;
                     if self.read_done {
@@ -285,41 +287,6 @@ impl TlsStream {
         }
     }
 
-    /// Takes the traffic keys from rustls: from here on records are sealed
-    /// and opened in `record.rs`.
-    fn start_traffic(&mut self) -> io::Result<()> {
-        let Tls::Handshake(conn) = std::mem::replace(&mut self.tls, Tls::Failed) else {
-            return Err(io::Error::other("no handshake to finish"));
-        };
-        let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
-        let sni = self.sni.take();
-        self.settled = Some(Settled {
-            tls13,
-            h2: conn.alpn_protocol() == Some(b"h2"),
-            client_cert: conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| c.clone().into_owned()),
-            sni,
-        });
-        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
-        let limit = match kernel.negotiated_cipher_suite() {
-            SupportedCipherSuite::Tls13(s) => s.common.confidentiality_limit,
-            SupportedCipherSuite::Tls12(s) => s.common.confidentiality_limit,
-        };
-        let (tx_seq, tx) = secrets.tx;
-        let (rx_seq, rx) = secrets.rx;
-        self.tls = Tls::Traffic(Box::new(Traffic {
-            kernel,
-            tx: Protection::new(tls13, tx_seq, tx).map_err(io::Error::other)?,
-            rx: Protection::new(tls13, rx_seq, rx).map_err(io::Error::other)?,
-            tls13,
-            limit,
-            empty_records: 0,
-        }));
-        Ok(())
-    }
-
     /// Best effort: writes what is queued (a fatal alert) without waiting.
     fn send_now(&mut self) {
         while self.tx_at < self.tx.len() {
@@ -330,23 +297,12 @@ impl TlsStream {
         }
     }
 
-    /// Sends a fatal alert (best effort) and fails the connection.
-    fn fail(&mut self, what: &str, a: Refused) -> io::Error {
-        if let Tls::Traffic(t) = &mut self.tls {
-            let _ = t.alert(2, a.0, &mut self.tx);
-        }
-        self.tls = Tls::Failed;
-        self.send_now();
-        refused(what, a)
-    }
-
     /// Frees the receive and plaintext buffers when they are empty: done
     /// whenever the connection is about to wait.
     fn shed(&mut self) {
-        if self.rx_at == self.rx.len() && self.ready.is_empty() {
+        if self.rx_at == self.rx.len() {
             self.rx = Vec::new();
             self.rx_at = 0;
-            self.ready = 0..0;
         }
         if self.plain_at == self.plain.len() {
             self.plain = Vec::new();
@@ -363,12 +319,10 @@ impl TlsStream {
                 return Poll::Pending;
             }
             if self.rx.capacity() - self.rx.len() < MIN_READ {
-                // Only unprocessed bytes are moved: nothing opened is pending
-                // when more is read.
-                if self.rx_at > 0 && self.ready.is_empty() {
+                // Only what rustls has not discarded is kept.
+                if self.rx_at > 0 {
                     self.rx.drain(..self.rx_at);
                     self.rx_at = 0;
-                    self.ready = 0..0;
                 }
                 self.rx.reserve(READ_SIZE);
             }
@@ -448,7 +402,6 @@ impl TlsStream {
     fn has_unread(&self) -> bool {
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         self.rx_at < self.rx.len()
-            || !self.ready.is_empty()
             || self.plain_at < self.plain.len()
             || matches!(socket2::SockRef::from(&self.tcp).peek(&mut probe), Ok(1..))
     }
@@ -483,116 +436,8 @@ impl TlsStream {
         Poll::Pending
     }
 
-    /// Opens the next whole record in `rx`, if there is one, and acts on it.
-    /// `Ok(false)`: no whole record is there.
-    fn open_next(&mut self) -> io::Result<bool> {
-        let Tls::Traffic(t) = &mut self.tls else {
-            return Err(io::Error::other("the TLS connection has failed"));
-        };
-        let avail = &self.rx[self.rx_at..];
-        if avail.len() < record::HEADER {
-            return Ok(false);
-        }
-        let len = usize::from(u16::from_be_bytes([avail[3], avail[4]]));
-        if avail[1] != 3 {
-            return Err(self.fail(
-                "a record with a foreign version",
-                Refused(alert::DECODE_ERROR),
-            ));
-        }
-        if len > record::MAX_PLAINTEXT + 2048 {
-            return Err(self.fail("a record too long", Refused(alert::RECORD_OVERFLOW)));
-        }
-        if avail.len() < record::HEADER + len {
-            return Ok(false);
-        }
-        let start = self.rx_at;
-        let end = start + record::HEADER + len;
-        let rec = &mut self.rx[start..end];
-        let opened = match t.rx.open(rec) {
-            Ok(o) => o,
-            Err(a) => return Err(self.fail("a record that does not open", a)),
-        };
-        self.rx_at = end;
-        let plain = start + opened.plain.start..start + opened.plain.end;
-        match opened.typ {
-            record::APPLICATION_DATA => {
-                if plain.is_empty() {
-                    t.empty_records += 1;
-                    if t.empty_records > MAX_EMPTY_RECORDS {
-                        return Err(
-                            self.fail("too many empty records", Refused(alert::UNEXPECTED_MESSAGE))
-                        );
-                    }
-                } else {
-                    t.empty_records = 0;
-                    self.ready = plain;
-                }
-            }
-            record::ALERT => {
-                let body = &self.rx[plain];
-                let [level, desc] = body else {
-                    return Err(
-                        self.fail("an alert that does not parse", Refused(alert::DECODE_ERROR))
-                    );
-                };
-                match (*level, *desc) {
-                    (_, alert::CLOSE_NOTIFY) => self.read_done = true,
-                    // TLS 1.2 warnings, and TLS 1.3's user_canceled, are only
-                    // news; anything else ends the connection.
-                    (1, d) if !t.tls13 || d == USER_CANCELED => {}
-                    (_, d) => {
-                        self.tls = Tls::Failed;
-                        return Err(io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            format!("the client sent TLS alert {d}"),
-                        ));
-                    }
-                }
-            }
-            record::HANDSHAKE if t.tls13 => {
-                let body = &self.rx[plain];
-                // One whole KeyUpdate, the last message of its record: it
-                // must not share a record with what the next key protects.
-                match body {
-                    [KEY_UPDATE, 0, 0, 1, requested @ (0 | 1)] => {
-                        let requested = *requested == 1;
-                        let (seq, secrets) = t.kernel.update_rx_secret().map_err(tls_error)?;
-                        t.rx = Protection::new(true, seq, secrets).map_err(io::Error::other)?;
-                        if requested {
-                            update_tx_key(t, &mut self.tx)?;
-                        }
-                    }
-                    _ => {
-                        return Err(self.fail(
-                            "a handshake message after the handshake",
-                            Refused(alert::UNEXPECTED_MESSAGE),
-                        ))
-                    }
-                }
-            }
-            record::HANDSHAKE => {
-                // A TLS 1.2 client asking to renegotiate: refused with a
-                // warning, as rustls does; the connection stays usable.
-                t.alert(1, alert::NO_RENEGOTIATION, &mut self.tx)?;
-            }
-            _ => {
-                return Err(self.fail(
-                    "an unexpected record type",
-                    Refused(alert::UNEXPECTED_MESSAGE),
-                ))
-            }
-        }
-        if self.rx_at == self.rx.len() && self.ready.is_empty() {
-            self.rx.clear();
-            self.rx_at = 0;
-            self.ready = 0..0;
-        }
-        Ok(true)
-    }
-
-    /// Writes what was sealed into the thread's buffer; what the socket does
-    /// not take now is kept in `tx`.
+    /// Writes this thread's freshly encrypted records; what the socket does
+    /// not take now is kept in `tx`, behind anything already queued there.
     fn send_sealed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let queued = self.tx_at < self.tx.len();
         SEALED.with_borrow_mut(|(sealed, end)| {
@@ -614,7 +459,7 @@ impl TlsStream {
             }
             Ok(())
         })?;
-        // What was queued (a session ticket, a key update) leaves with these
+        // What was queued (a session ticket, a KeyUpdate) leaves with these
         // records, in one write.
         if queued {
             if let Poll::Ready(Err(e)) = self.poll_flush_tx(cx) {
@@ -625,98 +470,26 @@ impl TlsStream {
     }
 }
 
-impl Traffic {
-    /// Queues an alert (`level` 1 warning, 2 fatal) at the end of `out`.
-    fn alert(&mut self, level: u8, desc: u8, out: &mut Vec<u8>) -> io::Result<()> {
-        seal_into_vec(&mut self.tx, record::ALERT, &[level, desc], out)
-            .map_err(|a| refused("cannot seal an alert", a))
-    }
-}
-
-/// Sends a KeyUpdate under the current key and switches to the next one.
-fn update_tx_key(t: &mut Traffic, out: &mut Vec<u8>) -> io::Result<()> {
-    seal_into_vec(&mut t.tx, record::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)
-        .map_err(|a| refused("cannot seal a key update", a))?;
-    let (seq, secrets) = t.kernel.update_tx_secret().map_err(tls_error)?;
-    t.tx = Protection::new(true, seq, secrets).map_err(io::Error::other)?;
-    Ok(())
-}
-
-/// Seals one record at the end of `out`.
-fn seal_into_vec(
-    tx: &mut Protection,
-    typ: u8,
-    plain: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), Refused> {
-    let start = out.len();
-    out.resize(start + Protection::sealed_len(plain.len()), 0);
-    let n = tx.seal(typ, plain, &mut out[start..])?;
-    out.truncate(start + n);
-    Ok(())
-}
-
-/// Seals `bufs` (up to `WRITE_MAX` bytes) as application-data records into
-/// `sealed[*end..]`, keeping the zeroed room past `end` for the next time;
-/// returns the plaintext bytes taken.
-fn seal_writes(
-    t: &mut Traffic,
-    bufs: &[IoSlice<'_>],
-    sealed: &mut Vec<u8>,
-    end: &mut usize,
-    tx: &mut Vec<u8>,
-) -> io::Result<usize> {
-    let mut taken = 0;
-    for s in bufs {
-        for chunk in s.chunks(record::MAX_PLAINTEXT) {
-            let chunk = &chunk[..chunk.len().min(WRITE_MAX - taken)];
-            if chunk.is_empty() {
-                break;
-            }
-            if t.tx.seq() >= t.limit {
-                if !t.tls13 {
-                    return Err(io::Error::other(
-                        "the TLS 1.2 key has sealed all the records it may",
-                    ));
-                }
-                // The KeyUpdate goes before this write's records: flush
-                // them first, in order, through `tx`.
-                tx.extend_from_slice(&sealed[..*end]);
-                *end = 0;
-                update_tx_key(t, tx)?;
-            }
-            let want = *end + Protection::sealed_len(chunk.len());
-            if sealed.len() < want {
-                sealed.resize(want, 0);
-            }
-            let n =
-                t.tx.seal(record::APPLICATION_DATA, chunk, &mut sealed[*end..want])
-                    .map_err(|a| refused("cannot seal a record", a))?;
-            *end += n;
-            taken += chunk.len();
-            if taken == WRITE_MAX {
-                return Ok(taken);
-            }
-        }
-    }
-    Ok(taken)
-}
-
-/// Feeds rustls the handshake records received: handshake records and
-/// alerts it produces are appended to `tx`; application data that came
-/// with the client's Finished goes to `plain`.
-fn advance(
+/// Lets rustls process the records in `rx[rx_at..]` until it has nothing
+/// more to do with them: plaintext goes to `sink`, what rustls wants sent
+/// (handshake messages, KeyUpdates, alerts) to the end of `tx`, and
+/// `write`, if given, is called once rustls allows application data, before
+/// anything else is read. On an error, the alert rustls queued for it is in
+/// `tx` too.
+fn process(
     conn: &mut UnbufferedServerConnection,
     rx: &mut Vec<u8>,
     rx_at: &mut usize,
-    plain: &mut Vec<u8>,
+    sink: &mut Sink<'_, '_>,
     tx: &mut Vec<u8>,
     read_done: &mut bool,
+    mut write: Option<Writer<'_>>,
 ) -> io::Result<Reached> {
     loop {
         let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut rx[*rx_at..]);
         let mut reached = None;
         let mut refusal = None;
+        let mut wrote = Ok(());
         match state {
             Err(e) => refusal = Some(e),
             Ok(ConnectionState::ReadTraffic(mut records)) => {
@@ -724,7 +497,7 @@ fn advance(
                     match record {
                         Ok(r) => {
                             discard += r.discard;
-                            plain.extend_from_slice(r.payload);
+                            sink.put(r.payload);
                         }
                         Err(e) => {
                             refusal = Some(e);
@@ -736,10 +509,16 @@ fn advance(
             Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, tx)?,
             Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
             Ok(ConnectionState::BlockedHandshake) => reached = Some(Reached::Handshaking),
-            Ok(ConnectionState::WriteTraffic(_)) => reached = Some(Reached::Traffic),
-            Ok(ConnectionState::PeerClosed) | Ok(ConnectionState::Closed) => {
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                if let Some(f) = write.take() {
+                    wrote = f(&mut w);
+                }
+                reached = Some(Reached::Traffic);
+            }
+            Ok(ConnectionState::PeerClosed) => *read_done = true,
+            Ok(ConnectionState::Closed) => {
                 *read_done = true;
-                reached = Some(Reached::Handshaking);
+                reached = Some(Reached::Closed);
             }
             Ok(_) => {
                 // Early data is not enabled; nothing else is expected.
@@ -755,13 +534,14 @@ fn advance(
             queue_alerts(conn, &mut rx[*rx_at..], tx);
             return Err(tls_error(e));
         }
+        wrote?;
         if let Some(r) = reached {
             return Ok(r);
         }
     }
 }
 
-/// Copies a handshake record or alert rustls produced to the end of `out`.
+/// Copies a record rustls produced to the end of `out`.
 fn encode(data: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) -> io::Result<()> {
     let start = out.len();
     let mut room = 4096;
@@ -788,8 +568,7 @@ fn encode(data: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>)
 /// After an error, rustls has queued the alert that tells the peer why:
 /// collects it (and nothing else) into `out`. Only while rustls has records
 /// queued: those are handed out before it would look at `rx` again, which a
-/// failed connection must not do. `rx` is the unprocessed input, as rustls
-/// expects it.
+/// failed connection must not do.
 fn queue_alerts(conn: &mut UnbufferedServerConnection, rx: &mut [u8], out: &mut Vec<u8>) {
     while conn.wants_write() {
         match conn.process_tls_records(rx).state {
@@ -801,6 +580,48 @@ fn queue_alerts(conn: &mut UnbufferedServerConnection, rx: &mut [u8], out: &mut 
             _ => return,
         }
     }
+}
+
+/// Has rustls encrypt up to `WRITE_MAX` bytes of `bufs` as application data
+/// into `sealed[*end..]`, keeping the zeroed room past `end` for the next
+/// time; returns the plaintext bytes taken.
+fn encrypt_writes(
+    w: &mut WriteTraffic<'_, ServerConnectionData>,
+    bufs: &[IoSlice<'_>],
+    sealed: &mut Vec<u8>,
+    end: &mut usize,
+) -> io::Result<usize> {
+    let mut taken = 0;
+    for s in bufs {
+        let s = &s[..s.len().min(WRITE_MAX - taken)];
+        if s.is_empty() {
+            if taken == WRITE_MAX {
+                break;
+            }
+            continue;
+        }
+        let records = s.len().div_ceil(MAX_FRAGMENT);
+        let mut room = s.len() + (records + 1) * RECORD_OVERHEAD;
+        loop {
+            if sealed.len() < *end + room {
+                sealed.resize(*end + room, 0);
+            }
+            match w.encrypt(s, &mut sealed[*end..*end + room]) {
+                Ok(n) => {
+                    *end += n;
+                    break;
+                }
+                Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
+                    if required_size > room =>
+                {
+                    room = required_size;
+                }
+                Err(e) => return Err(io::Error::other(format!("cannot encrypt: {e}"))),
+            }
+        }
+        taken += s.len();
+    }
+    Ok(taken)
 }
 
 impl AsyncRead for TlsStream {
@@ -822,33 +643,20 @@ impl AsyncRead for TlsStream {
         }
         let before = buf.filled().len();
         loop {
-            if !this.ready.is_empty() {
-                let n = buf.remaining().min(this.ready.len());
-                buf.put_slice(&this.rx[this.ready.start..this.ready.start + n]);
-                this.ready.start += n;
-                if buf.remaining() == 0 {
-                    return Poll::Ready(Ok(()));
-                }
-                if this.ready.is_empty() && this.rx_at == this.rx.len() {
-                    this.rx.clear();
-                    this.rx_at = 0;
-                    this.ready = 0..0;
-                }
+            // A client that does not take what it is owed is not read from:
+            // its records could only make rustls owe it more.
+            if this.tx.len() - this.tx_at > TX_BOUND {
+                ready!(this.poll_flush_tx(cx))?;
             }
             let queued = this.tx.len();
-            let opened = this.open_next();
-            // A key update's answer or a warning: sent as soon as possible.
+            this.process(Some(buf), None)?;
+            // A KeyUpdate's answer or a warning: sent as soon as possible.
             // A session ticket still queued is not: the client has sent a
             // request, so the ticket leaves with the answer, in its write.
             if this.tx.len() > queued {
                 if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
                     return Poll::Ready(Err(e));
                 }
-            }
-            match opened {
-                Err(e) => return Poll::Ready(Err(e)),
-                Ok(true) => continue,
-                Ok(false) => {}
             }
             if buf.filled().len() > before {
                 return Poll::Ready(Ok(()));
@@ -887,15 +695,29 @@ impl AsyncWrite for TlsStream {
         if this.tx.len() - this.tx_at > WRITE_MAX {
             ready!(this.poll_flush_tx(cx))?;
         }
-        let Tls::Traffic(t) = &mut this.tls else {
-            return Poll::Ready(Err(io::Error::other("the TLS connection has failed")));
-        };
-        let taken = SEALED.with_borrow_mut(|(sealed, end)| {
+        if this.close_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the TLS close_notify",
+            )));
+        }
+        let mut taken = 0;
+        let reached = SEALED.with_borrow_mut(|(sealed, end)| {
             // Whatever an earlier call left (it failed half-way) is not this
             // connection's to send.
             *end = 0;
-            seal_writes(t, bufs, sealed, end, &mut this.tx)
+            let mut write = |w: &mut WriteTraffic<'_, ServerConnectionData>| {
+                taken = encrypt_writes(w, bufs, sealed, end)?;
+                Ok(())
+            };
+            this.process(None, Some(&mut write))
         })?;
+        if reached != Reached::Traffic {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection is closed",
+            )));
+        }
         this.send_sealed(cx)?;
         Poll::Ready(Ok(taken))
     }
@@ -941,9 +763,23 @@ impl TlsStream {
     pub fn poll_close(&mut self, cx: &mut Context<'_>, linger: Linger) -> Poll<io::Result<()>> {
         if !self.close_sent {
             self.close_sent = true;
-            // A failed connection has no close_notify to send.
-            if let Tls::Traffic(t) = &mut self.tls {
-                t.alert(1, alert::CLOSE_NOTIFY, &mut self.tx)?;
+            // A failed connection has no close_notify to send; one that
+            // fails now has had its alert queued instead.
+            if self.conn.is_some() {
+                let mut note = Vec::new();
+                let mut close = |w: &mut WriteTraffic<'_, ServerConnectionData>| {
+                    note.resize(RECORD_OVERHEAD, 0);
+                    let n = w.queue_close_notify(&mut note).map_err(|e| {
+                        io::Error::other(format!("cannot encrypt close_notify: {e}"))
+                    })?;
+                    note.truncate(n);
+                    Ok(())
+                };
+                // What rustls still owes the client (a KeyUpdate's answer)
+                // goes first; what the client sent meanwhile is not read.
+                if self.process(None, Some(&mut close)).is_ok() {
+                    self.tx.extend_from_slice(&note);
+                }
             }
         }
         if self.linger.is_none() {

@@ -3,6 +3,8 @@
 //! the test CA.
 #![allow(dead_code)]
 
+pub mod tlsrec;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
