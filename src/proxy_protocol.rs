@@ -532,6 +532,33 @@ mod tests {
     }
 
     #[test]
+    fn reads_in_any_piece_size_consume_the_header_and_nothing_after_it() {
+        let mut body = vec![203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 1, 0xbb];
+        body.extend_from_slice(&[0xea, 0, 3, b'v', b'p', b'c']);
+        for h in [
+            v2(1, 0x11, &body),
+            v2(0, 0x00, &[]),
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 1 2\r\n".to_vec(),
+        ] {
+            let mut input = h.clone();
+            input.extend_from_slice(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n");
+            for piece in 1..=input.len() {
+                let mut held = 0;
+                let header = loop {
+                    let seen = (held + piece).min(input.len());
+                    let (take, done) = consume(&input[..seen], held).expect("valid");
+                    held += take;
+                    if let Some(d) = done {
+                        break d;
+                    }
+                    assert_eq!(held, seen);
+                };
+                assert_eq!((held, header.len), (h.len(), h.len()), "pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
     fn cidr_parse_and_contains() {
         let c = Cidr::parse("10.0.0.0/8").expect("valid");
         assert!(c.contains("10.200.3.4".parse().expect("valid")));
