@@ -690,3 +690,53 @@ fn proxy_protocol_options_from_flag_env_and_file_and_their_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn an_allow_san_refusal_is_logged_with_the_client_address_the_header_carried() {
+    let up = hello_upstream().await;
+    let clients = Pki::new("client CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("clients.pem");
+    std::fs::write(&ca, &clients.ca_pem).expect("write CA");
+    let bin = Bin::start(
+        &up.url(),
+        &[
+            "--proxy-protocol",
+            "on",
+            "--client-ca",
+            ca.to_str().expect("utf-8"),
+            "--allow-san",
+            "dns:allowed.example",
+        ],
+    )
+    .await;
+    let cert = clients.client("intruder", &["other.example"], &[]);
+    let mut tcp = TcpStream::connect(bin.tls).await.expect("connect");
+    tcp.write_all(&v1("PROXY TCP4 203.0.113.99 127.0.0.1 7777 443\r\n"))
+        .await
+        .expect("header");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(
+        bin.roots.clone(),
+        &[b"http/1.1"],
+        Some(&cert),
+    )));
+    let name = ServerName::try_from("localhost").expect("name");
+    // TLS 1.3: the client learns of the refusal on its first read.
+    if let Ok(mut tls) = connector.connect(name, tcp).await {
+        let _ = closed_within(&mut tls, Duration::from_secs(5)).await;
+    }
+    let line = eventually(
+        Duration::from_secs(5),
+        "the --allow-san refusal",
+        || async {
+            bin.lines().into_iter().find(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("no --allow-san pattern matches"))
+            })
+        },
+    )
+    .await;
+    assert_eq!(line["span"]["client"], "203.0.113.99:7777", "{line}");
+    assert_eq!(up.count(), 0);
+}
