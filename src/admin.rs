@@ -1,9 +1,10 @@
 //! Plain-HTTP servers off the data path: the admin server (`/healthz`,
 //! `/readyz`, `/metrics`, `POST /shutdown`) and the `--redirect-listen` 308
 //! redirector. Both listen where anyone in the cluster can reach them, so
-//! each has its own small connection cap, a bounded request head, a header
-//! timeout and a bounded connection lifetime, and `POST /shutdown` is taken
-//! only from a loopback peer (the Pod's own containers).
+//! each has a connection cap of its own (the admin server a small one), a
+//! bounded request head, a header timeout and a bounded connection lifetime,
+//! and `POST /shutdown` is taken only from a loopback peer (the Pod's own
+//! containers).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,9 +47,9 @@ pub struct AdminState {
     pub drain: Arc<Drain>,
 }
 
-/// Connections each plain server holds open at once; past it, accepting
+/// Connections the admin server holds open at once; past it, accepting
 /// pauses. The kubelet's probes and a scraper need a handful; the cap keeps
-/// these ports from being a way around `--max-connections`.
+/// the admin port from being a way around `--max-connections`.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A request head must arrive within this (a probe's comes at once).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,7 +106,7 @@ fn admin(state: &AdminState, req: &Request<Incoming>, peer: SocketAddr) -> Respo
 
 /// Serves the admin endpoints until the process exits.
 pub async fn run_admin(listener: TcpListener, state: AdminState) {
-    serve_plain(listener, move |req, peer| {
+    serve_plain(listener, MAX_CONNECTIONS, move |req, peer| {
         let resp = admin(&state, &req, peer);
         async move { Ok::<_, Infallible>(resp) }
     })
@@ -141,10 +142,17 @@ pub fn redirect_location(req: &Request<Incoming>, tls_port: u16) -> Option<Strin
     })
 }
 
-/// Answers every request with a 308 to the TLS listener.
-pub async fn run_redirect(listener: TcpListener, tls_port: u16, drain: Arc<Drain>) {
+/// Answers every request with a 308 to the TLS listener, holding at most
+/// `max_connections` (the TLS listener's `--max-connections`, a pool of its
+/// own: browsers reach it as often as the TLS port).
+pub async fn run_redirect(
+    listener: TcpListener,
+    tls_port: u16,
+    max_connections: usize,
+    drain: Arc<Drain>,
+) {
     let mut phase = drain.subscribe();
-    let serve = serve_plain(listener, move |req, _| {
+    let serve = serve_plain(listener, max_connections, move |req, _| {
         let resp =
             match redirect_location(&req, tls_port).and_then(|l| HeaderValue::from_str(&l).ok()) {
                 Some(loc) => {
@@ -162,12 +170,12 @@ pub async fn run_redirect(listener: TcpListener, tls_port: u16, drain: Arc<Drain
     }
 }
 
-async fn serve_plain<F, Fut>(listener: TcpListener, f: F)
+async fn serve_plain<F, Fut>(listener: TcpListener, max_connections: usize, f: F)
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;

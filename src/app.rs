@@ -183,7 +183,12 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
     let redirect_addr = match redirect_listener {
         Some(l) => {
             let addr = l.local_addr().ok();
-            tokio::spawn(admin::run_redirect(l, tls_addr.port(), drain.clone()));
+            tokio::spawn(admin::run_redirect(
+                l,
+                tls_addr.port(),
+                cfg.max_connections,
+                drain.clone(),
+            ));
             addr
         }
         None => None,

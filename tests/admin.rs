@@ -332,3 +332,33 @@ fn post_shutdown_from_a_neighbour_pod_over_veth_is_403_and_from_the_pods_loopbac
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn the_redirect_listener_holds_at_most_max_connections_of_its_own() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.redirect_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        cfg.max_connections = 3;
+    })
+    .await;
+    let redirect = p.redirect_addr.expect("redirect on");
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(redirect).await.expect("connect"));
+    }
+    let mut extra = TcpStream::connect(redirect).await.expect("connect");
+    extra
+        .write_all(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await
+        .expect("write");
+    let waited = tokio::time::timeout(Duration::from_millis(700), read_response(&mut extra)).await;
+    assert!(waited.is_err(), "answered past the cap: {waited:?}");
+    drop(idle.pop());
+    let r = tokio::time::timeout(Duration::from_secs(2), read_response(&mut extra))
+        .await
+        .expect("answered once a slot frees")
+        .expect("a response");
+    assert_eq!(r.status, 308);
+    // The TLS listener's own 3 are not taken by the redirect listener's.
+    assert_eq!(p.get("/").await.status, 200);
+}
