@@ -6,9 +6,10 @@
 //! socket without ever consuming a byte past the header: it peeks, and
 //! consumes only bytes the parser has claimed, so a ClientHello that arrives in
 //! the same segment is left in the socket for rustls. It is our own rather
-//! than the `ppp` crate's because that one brings a second `thiserror` major
-//! and says nothing about where a header ends before it is complete, which is
-//! the one thing the reader needs.
+//! than the `ppp` crate's (2.3) because that one brings a second `thiserror`
+//! major, while the format is small and fixed and the reader needs one answer
+//! a general parser does not promise: that bytes still arriving all belong to
+//! the header. `fuzz/fuzz_targets/proxy_header.rs` holds it to that.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
