@@ -59,7 +59,7 @@ pub struct MiMalloc;
 /// aligned page starts (`MI_MAX_ALIGN_SIZE`, C's `max_align_t`), so any
 /// block is 8-aligned and a block of a multiple of 16 bytes 16-aligned.
 fn plain(align: usize, size: usize) -> bool {
-    align <= 8 || (align == 16 && size % 16 == 0)
+    align <= 8 || (align == 16 && size.is_multiple_of(16))
 }
 
 // SAFETY: every pointer handed out comes from mimalloc with at least the

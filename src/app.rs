@@ -183,7 +183,12 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
     let redirect_addr = match redirect_listener {
         Some(l) => {
             let addr = l.local_addr().ok();
-            tokio::spawn(admin::run_redirect(l, tls_addr.port(), drain.clone()));
+            tokio::spawn(admin::run_redirect(
+                l,
+                tls_addr.port(),
+                cfg.max_connections,
+                drain.clone(),
+            ));
             addr
         }
         None => None,
@@ -290,6 +295,19 @@ pub fn summary(cfg: &Config, loaded: &Loaded) -> String {
         cfg.listen,
         if cfg.tls13_only { "1.3" } else { "1.2" }
     );
+    if cfg.proxy_protocol {
+        let from = if cfg.proxy_protocol_from.is_empty() {
+            "any peer".to_string()
+        } else {
+            let nets: Vec<String> = cfg
+                .proxy_protocol_from
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            nets.join(", ")
+        };
+        let _ = writeln!(s, "            PROXY protocol header required, from {from}");
+    }
     match cfg.admin_listen {
         Some(a) => {
             let _ = writeln!(s, "  admin     {a}");

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+use crate::proxy_protocol::Cidr;
 use crate::routing::{Route, UpstreamAddr};
 use crate::tls::san::SanPattern;
 use units::{parse_duration, parse_size};
@@ -104,6 +105,10 @@ pub struct Config {
     pub allow_san: Vec<SanPattern>,
     /// `--tls-min-version` is 1.3.
     pub tls13_only: bool,
+    /// `--proxy-protocol`: every TLS connection begins with a PROXY header.
+    pub proxy_protocol: bool,
+    /// `--proxy-protocol-from`; empty is any peer.
+    pub proxy_protocol_from: Vec<Cidr>,
     /// `--admin-listen`; `None` is off.
     pub admin_listen: Option<SocketAddr>,
     /// `--redirect-listen`; `None` is off.
@@ -183,6 +188,8 @@ const OPTION_NAMES: &[&str] = &[
     "client-auth",
     "allow-san",
     "tls-min-version",
+    "proxy-protocol",
+    "proxy-protocol-from",
     "admin-listen",
     "redirect-listen",
     "ready-check",
@@ -301,6 +308,8 @@ fn cli_sources(m: &ArgMatches, opts: &cli::Opts) -> BTreeMap<&'static str, Given
     put("client-auth", o(&opts.client_auth));
     put("allow-san", opts.allow_san.clone());
     put("tls-min-version", o(&opts.tls_min_version));
+    put("proxy-protocol", o(&opts.proxy_protocol));
+    put("proxy-protocol-from", opts.proxy_protocol_from.clone());
     put("admin-listen", o(&opts.admin_listen));
     put("redirect-listen", o(&opts.redirect_listen));
     put("ready-check", o(&opts.ready_check));
@@ -362,14 +371,19 @@ fn file_sources(path: &str) -> Result<BTreeMap<String, Given>, ConfigError> {
             }
         };
         let values = match (&value, key.as_str()) {
-            (toml::Value::Array(items), "route" | "tls-dir" | "allow-san") => items
+            (
+                toml::Value::Array(items),
+                "route" | "tls-dir" | "allow-san" | "proxy-protocol-from",
+            ) => items
                 .iter()
                 .map(|i| match i {
                     toml::Value::String(s) => Ok(s.clone()),
                     _ => Err(bad("an array of strings")),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            (_, "route" | "tls-dir" | "allow-san") => return Err(bad("an array of strings")),
+            (_, "route" | "tls-dir" | "allow-san" | "proxy-protocol-from") => {
+                return Err(bad("an array of strings"))
+            }
             (v, _) => vec![scalar(v).ok_or_else(|| bad("a string, integer or boolean"))?],
         };
         out.insert(
@@ -518,6 +532,15 @@ impl Config {
             return Err(err("allow-san", "needs --client-ca".into()));
         }
 
+        let proxy_protocol = s.parse("proxy-protocol", false, parse_on_off)?;
+        let proxy_protocol_from = s.list("proxy-protocol-from", Cidr::parse)?;
+        if !proxy_protocol && !proxy_protocol_from.is_empty() {
+            return Err(err(
+                "proxy-protocol-from",
+                "needs --proxy-protocol on".into(),
+            ));
+        }
+
         let max_header_bytes = s.parse("max-header-bytes", 64 << 10, |v| {
             let n = parse_size(v)?;
             if !(1024..=16 << 20).contains(&n) {
@@ -543,6 +566,8 @@ impl Config {
                 "1.3" => Ok(true),
                 _ => Err(format!("'{v}' must be 1.2 or 1.3")),
             })?,
+            proxy_protocol,
+            proxy_protocol_from,
             admin_listen: s.parse(
                 "admin-listen",
                 Some(([0, 0, 0, 0], 9901).into()),

@@ -1,6 +1,7 @@
 //! portico: a TLS-terminating ambassador for the primary container of a Pod.
 //!
-//! A request travels: [`listener`] (accept, connection limit) → [`tls`]
+//! A request travels: [`listener`] (accept, connection limit, the
+//! [`proxy_protocol`] header when a load balancer sends one) → [`tls`]
 //! (handshake, SNI, client certificate) → [`server`] (HTTP/1.1 or HTTP/2 by
 //! ALPN, header-read and idle timeouts) → [`stack`] (request id, limits,
 //! headers, routing via [`routing`]) → [`upstream`] (pooled clients to the
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod inject;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod readiness;
 pub mod routing;
 pub mod server;

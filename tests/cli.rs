@@ -30,6 +30,8 @@ const SPEC_OPTIONS: &[&str] = &[
     "client-auth",
     "allow-san",
     "tls-min-version",
+    "proxy-protocol",
+    "proxy-protocol-from",
     "admin-listen",
     "redirect-listen",
     "ready-check",

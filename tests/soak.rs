@@ -557,7 +557,7 @@ fn load(
                 let len = [1usize, 65_535, 300_000, 1 << 20, 2 << 20][(i % 5) as usize];
                 let body = Bytes::from(payload(seed, len));
                 t.start();
-                let r = if i % 2 == 0 {
+                let r = if i.is_multiple_of(2) {
                     h1_send(&mut c1, upload(body.clone())).await
                 } else {
                     h2_send(c2.clone(), upload(body.clone())).await

@@ -166,5 +166,19 @@ resp("close-delimited", 0, 1, b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
 resp("length-and-chunked", 0, 16, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
 resp("lengths", 0, 31, b"HTTP/1.1 304 Not Modified\r\ncontent-length: 2, 2\r\nconnection: keep-alive, close\r\n\r\n")
 resp("switching", 0, 2, b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nframes")
+# proxy_header: the read size less one, then a PROXY header and what follows it.
+SIG = b"\r\n\r\n\0\r\nQUIT\n"
+def v2(vc, fam, body):
+    return SIG + bytes([vc, fam]) + len(body).to_bytes(2, "big") + body
+HELLO = b"\x16\x03\x01\x00\x05hello"
+put("proxy_header", "v1-tcp4", b"\x07PROXY TCP4 203.0.113.7 192.0.2.1 51234 443\r\n" + HELLO)
+put("proxy_header", "v1-tcp6", b"\x20PROXY TCP6 2001:db8::7 2001:db8::1 65535 443\r\n" + HELLO)
+put("proxy_header", "v1-unknown", b"\x00PROXY UNKNOWN\r\n" + HELLO)
+put("proxy_header", "v2-tcp4-tlv", b"\x03" + v2(0x21, 0x11, bytes([203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 1, 0xbb])
+    + b"\xea\x00\x04vpce\x04\x00\x02\x00\x00") + HELLO)
+put("proxy_header", "v2-tcp6", b"\xff" + v2(0x21, 0x21, bytes(range(32)) + b"\x00\x50\x01\xbb"))
+put("proxy_header", "v2-local", b"\x01" + v2(0x20, 0x00, b"") + HELLO)
+put("proxy_header", "v2-unix", b"\x10" + v2(0x21, 0x31, bytes(216)))
+put("proxy_header", "tls", b"\x05" + HELLO)
 PY
 echo "seeds written under fuzz/corpus/"

@@ -90,6 +90,23 @@ pub struct Opts {
     /// 1.2 or 1.3 [default: 1.2].
     #[arg(long, global = true, env = "PORTICO_TLS_MIN_VERSION", value_name = "V")]
     pub tls_min_version: Option<String>,
+    /// on or off: every TLS connection begins with a PROXY protocol header [default: off].
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_PROXY_PROTOCOL",
+        value_name = "on/off"
+    )]
+    pub proxy_protocol: Option<String>,
+    /// A CIDR allowed to send the PROXY header (the load balancer's); repeatable [default: any].
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_PROXY_PROTOCOL_FROM",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_from: Vec<String>,
     /// Plain-HTTP admin server, or off [default: 0.0.0.0:9901].
     #[arg(long, global = true, env = "PORTICO_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,

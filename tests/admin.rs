@@ -1,0 +1,364 @@
+//! The admin port as an exposed surface (SPEC "Admin server"): `POST
+//! /shutdown` only from a loopback peer (127.0.0.1, `::1`; a non-loopback
+//! peer from another network namespace over a veth pair, as a Pod's
+//! neighbour reaches the Pod IP), other methods, an oversized head, a slow
+//! or silent client, and the admin port's own connection cap.
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portico::admin::{HEADER_TIMEOUT, MAX_CONNECTIONS};
+use portico::shutdown::Phase;
+use support::{closed_within, hello_upstream, plain_get, plain_request, read_response, start};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn post_shutdown_from_127_0_0_1_is_accepted_and_drains() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let admin = p.admin_addr.expect("admin on");
+    let g = plain_request(admin, http::Method::POST, "/shutdown").await;
+    assert_eq!((g.status.as_u16(), g.text().as_str()), (202, "draining\n"));
+    assert_ne!(p.drain.phase(), Phase::Running);
+}
+
+#[tokio::test]
+async fn post_shutdown_from_ipv6_loopback_is_accepted() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.admin_listen = Some("[::1]:0".parse().expect("addr"));
+    })
+    .await;
+    let admin = p.admin_addr.expect("admin on");
+    assert!(admin.is_ipv6());
+    let g = plain_request(admin, http::Method::POST, "/shutdown").await;
+    assert_eq!(g.status, 202);
+    assert_ne!(p.drain.phase(), Phase::Running);
+}
+
+/// This machine's first non-loopback IPv4 address, if it has one: the source
+/// address the kernel picks towards a documentation prefix (no packet is sent).
+fn non_loopback_address() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("198.51.100.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn post_shutdown_from_a_non_loopback_address_is_403_and_changes_nothing() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("SKIPPED: this machine has no non-loopback address (the netns test covers it)");
+        return;
+    };
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.admin_listen = Some("0.0.0.0:0".parse().expect("addr"));
+    })
+    .await;
+    let port = p.admin_addr.expect("admin on").port();
+    let admin = SocketAddr::new(ip, port);
+    let g = plain_request(admin, http::Method::POST, "/shutdown").await;
+    assert_eq!(g.status, 403, "{}", g.text());
+    assert!(g.text().contains("only from loopback"), "{}", g.text());
+    assert_eq!(p.drain.phase(), Phase::Running);
+    let r = plain_get(admin, "/readyz").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ready\n"));
+    assert_eq!(
+        p.get("/").await.status,
+        200,
+        "the TLS listener still serves"
+    );
+}
+
+#[tokio::test]
+async fn other_methods_and_paths_answer_404_or_405_and_change_nothing() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let admin = p.admin_addr.expect("admin on");
+    for (method, path, status) in [
+        (http::Method::GET, "/shutdown", 405),
+        (http::Method::PUT, "/shutdown", 405),
+        (http::Method::DELETE, "/shutdown", 405),
+        (http::Method::POST, "/healthz", 405),
+        (http::Method::POST, "/readyz", 405),
+        (http::Method::DELETE, "/metrics", 405),
+        (http::Method::POST, "/shutdown/", 404),
+        (http::Method::POST, "/SHUTDOWN", 404),
+        (http::Method::GET, "/debug", 404),
+        (http::Method::OPTIONS, "/", 404),
+    ] {
+        let g = plain_request(admin, method.clone(), path).await;
+        assert_eq!(g.status.as_u16(), status, "{method} {path}");
+        assert_eq!(p.drain.phase(), Phase::Running, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431_and_changes_nothing() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let admin = p.admin_addr.expect("admin on");
+    let mut tcp = TcpStream::connect(admin).await.expect("connect");
+    let big = "a".repeat(64 * 1024);
+    let req = format!("POST /shutdown HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    // portico may close while the head is still being written.
+    let _ = tcp.write_all(req.as_bytes()).await;
+    let r = read_response(&mut tcp).await.expect("an answer");
+    assert_eq!(r.status, 431);
+    assert_eq!(p.drain.phase(), Phase::Running);
+    assert!(closed_within(&mut tcp, Duration::from_secs(2))
+        .await
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_silent_or_slow_admin_client_is_cut_at_the_header_timeout() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let admin = p.admin_addr.expect("admin on");
+    let mut silent = TcpStream::connect(admin).await.expect("connect");
+    let mut slow = TcpStream::connect(admin).await.expect("connect");
+    let writer = tokio::spawn(async move {
+        // One byte of a head every 300 ms: never a complete head.
+        for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        slow
+    });
+    let limit = HEADER_TIMEOUT + Duration::from_secs(2);
+    let took = closed_within(&mut silent, limit)
+        .await
+        .expect("a silent client is closed");
+    assert!(
+        took >= HEADER_TIMEOUT - Duration::from_millis(200),
+        "{took:?}"
+    );
+    let mut slow = writer.await.expect("writer");
+    // The writer stops at the first failed write, or after ~18 s of bytes.
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(1))
+            .await
+            .is_some(),
+        "a head sent byte by byte is cut"
+    );
+    assert_eq!(p.drain.phase(), Phase::Running);
+}
+
+#[tokio::test]
+async fn the_admin_port_holds_at_most_its_own_cap_of_connections() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |_, _, _| {}).await;
+    let admin = p.admin_addr.expect("admin on");
+    let t0 = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(admin).await.expect("connect"));
+    }
+    // The kernel completes the handshake from the backlog; portico does not
+    // accept it while its cap is taken, so a request on it waits.
+    let mut extra = TcpStream::connect(admin).await.expect("connect");
+    extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let waited = tokio::time::timeout(Duration::from_millis(700), read_response(&mut extra)).await;
+    assert!(waited.is_err(), "answered past the cap: {waited:?}");
+    drop(idle.pop());
+    let r = tokio::time::timeout(Duration::from_secs(2), read_response(&mut extra))
+        .await
+        .expect("answered once a slot frees")
+        .expect("a response");
+    assert_eq!(r.status, 200);
+    assert!(
+        t0.elapsed() < HEADER_TIMEOUT,
+        "the idle connections must still be open for this to mean anything"
+    );
+    // The TLS listener is unaffected by the admin port's cap.
+    assert_eq!(p.get("/").await.status, 200);
+}
+
+// ---- a non-loopback peer from another network namespace ----
+
+struct Netns {
+    names: [String; 2],
+    children: Vec<Child>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A Pod namespace (198.51.100.1) and a neighbour's (198.51.100.2), a veth
+/// pair between them.
+fn netns(tag: &str) -> Result<Netns, String> {
+    let pod = format!("portico-adm-pod-{tag}");
+    let nb = format!("portico-adm-nb-{tag}");
+    let ns = Netns {
+        names: [pod.clone(), nb.clone()],
+        children: Vec::new(),
+    };
+    let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+    sh(&["ip", "netns", "add", &pod])?;
+    sh(&["ip", "netns", "add", &nb])?;
+    sh(&[
+        "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+    ])?;
+    sh(&["ip", "link", "set", &va, "netns", &pod])?;
+    sh(&["ip", "link", "set", &vb, "netns", &nb])?;
+    for (n, dev, addr) in [
+        (&pod, &va, "198.51.100.1/24"),
+        (&nb, &vb, "198.51.100.2/24"),
+    ] {
+        sh(&["ip", "-n", n, "addr", "add", addr, "dev", dev])?;
+        sh(&["ip", "-n", n, "link", "set", dev, "up"])?;
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+    }
+    Ok(ns)
+}
+
+/// `curl` inside namespace `ns`: status code and body.
+fn curl(ns: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5"])
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn post_shutdown_from_a_neighbour_pod_over_veth_is_403_and_from_the_pods_loopback_drains() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: curl is not installed (.ci/run installs it)");
+        return;
+    }
+    let tag = format!("{}", std::process::id() % 100_000);
+    let mut ns = match netns(&tag) {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED: cannot make network namespaces here ({e}); needs root and iproute2"
+            );
+            return;
+        }
+    };
+    let pki = support::Pki::new("admin netns CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = pki.server(&["localhost"]).write_to(&dir.path().join("tls"));
+    let portico = Command::new("ip")
+        .args(["netns", "exec", &ns.names[0], env!("CARGO_BIN_EXE_portico")])
+        .args(["--listen", "0.0.0.0:8443", "--admin-listen", "0.0.0.0:9901"])
+        .args(["--ready-check", "none", "--access-log", "off"])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("portico");
+    ns.children.push(portico);
+    let pod = ns.names[0].clone();
+    let nb = ns.names[1].clone();
+
+    // The neighbour reaches the admin port on the Pod IP, as the kubelet does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = curl(&nb, &["http://198.51.100.1:9901/readyz"]);
+        if code == "200" {
+            assert_eq!(body, "ready\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "portico never became ready: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = curl(&nb, &["-X", "POST", "http://198.51.100.1:9901/shutdown"]);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("only from loopback"), "{body}");
+    // Nothing changed: still ready, still running.
+    let (code, body) = curl(&nb, &["http://198.51.100.1:9901/readyz"]);
+    assert_eq!((code.as_str(), body.as_str()), ("200", "ready\n"));
+    assert!(
+        ns.children[0].try_wait().expect("try_wait").is_none(),
+        "portico must still run"
+    );
+
+    // From inside the Pod (its loopback) the same request drains it.
+    let (code, body) = curl(&pod, &["-X", "POST", "http://127.0.0.1:9901/shutdown"]);
+    assert_eq!((code.as_str(), body.as_str()), ("202", "draining\n"));
+    let child = ns.children.pop().expect("portico");
+    let out = child.wait_with_output().expect("portico exits");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_redirect_listener_holds_at_most_max_connections_of_its_own() {
+    let up = hello_upstream().await;
+    let p = start(&up.url(), |cfg, _, _| {
+        cfg.redirect_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        cfg.max_connections = 3;
+    })
+    .await;
+    let redirect = p.redirect_addr.expect("redirect on");
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(redirect).await.expect("connect"));
+    }
+    let mut extra = TcpStream::connect(redirect).await.expect("connect");
+    extra
+        .write_all(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await
+        .expect("write");
+    let waited = tokio::time::timeout(Duration::from_millis(700), read_response(&mut extra)).await;
+    assert!(waited.is_err(), "answered past the cap: {waited:?}");
+    drop(idle.pop());
+    let r = tokio::time::timeout(Duration::from_secs(2), read_response(&mut extra))
+        .await
+        .expect("answered once a slot frees")
+        .expect("a response");
+    assert_eq!(r.status, 308);
+    // The TLS listener's own 3 are not taken by the redirect listener's.
+    assert_eq!(p.get("/").await.status, 200);
+}
