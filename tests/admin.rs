@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use portico::admin::{HEADER_TIMEOUT, MAX_CONNECTIONS};
 use portico::shutdown::Phase;
-use support::{closed_within, hello_upstream, plain_get, plain_request, read_response, start};
+use support::{closed_within, hello_upstream, plain_get, plain_request, read_response, sh, start};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -157,24 +157,12 @@ async fn the_admin_port_holds_at_most_its_own_cap_of_connections() {
     let p = start(&up.url(), |_, _, _| {}).await;
     let admin = p.admin_addr.expect("admin on");
     let t0 = Instant::now();
-    let mut idle = Vec::new();
-    for _ in 0..MAX_CONNECTIONS {
-        idle.push(TcpStream::connect(admin).await.expect("connect"));
-    }
-    // The kernel completes the handshake from the backlog; portico does not
-    // accept it while its cap is taken, so a request on it waits.
-    let mut extra = TcpStream::connect(admin).await.expect("connect");
-    extra
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let waited = tokio::time::timeout(Duration::from_millis(700), read_response(&mut extra)).await;
-    assert!(waited.is_err(), "answered past the cap: {waited:?}");
-    drop(idle.pop());
-    let r = tokio::time::timeout(Duration::from_secs(2), read_response(&mut extra))
-        .await
-        .expect("answered once a slot frees")
-        .expect("a response");
+    let (r, _idle) = answered_once_a_slot_frees(
+        admin,
+        MAX_CONNECTIONS,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(
         t0.elapsed() < HEADER_TIMEOUT,
@@ -200,22 +188,6 @@ impl Drop for Netns {
         for ns in &self.names {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-    }
-}
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 
@@ -342,15 +314,30 @@ async fn the_redirect_listener_holds_at_most_max_connections_of_its_own() {
     })
     .await;
     let redirect = p.redirect_addr.expect("redirect on");
+    let (r, _idle) =
+        answered_once_a_slot_frees(redirect, 3, b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .await;
+    assert_eq!(r.status, 308);
+    // The TLS listener's own 3 are not taken by the redirect listener's.
+    assert_eq!(p.get("/").await.status, 200);
+}
+
+/// Holds `cap` idle connections to `addr`, then sends `request` on one more:
+/// the kernel completes its handshake from the backlog, but portico does not
+/// accept it while its cap is taken, so it is not answered within 700 ms; once
+/// one idle connection closes, it is answered within 2 s. Returns that answer
+/// and the connections still held.
+async fn answered_once_a_slot_frees(
+    addr: std::net::SocketAddr,
+    cap: usize,
+    request: &[u8],
+) -> (support::RawResp, Vec<TcpStream>) {
     let mut idle = Vec::new();
-    for _ in 0..3 {
-        idle.push(TcpStream::connect(redirect).await.expect("connect"));
+    for _ in 0..cap {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
     }
-    let mut extra = TcpStream::connect(redirect).await.expect("connect");
-    extra
-        .write_all(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
-        .await
-        .expect("write");
+    let mut extra = TcpStream::connect(addr).await.expect("connect");
+    extra.write_all(request).await.expect("write");
     let waited = tokio::time::timeout(Duration::from_millis(700), read_response(&mut extra)).await;
     assert!(waited.is_err(), "answered past the cap: {waited:?}");
     drop(idle.pop());
@@ -358,7 +345,5 @@ async fn the_redirect_listener_holds_at_most_max_connections_of_its_own() {
         .await
         .expect("answered once a slot frees")
         .expect("a response");
-    assert_eq!(r.status, 308);
-    // The TLS listener's own 3 are not taken by the redirect listener's.
-    assert_eq!(p.get("/").await.status, 200);
+    (r, idle)
 }

@@ -7,7 +7,7 @@ use support::*;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -950,92 +950,6 @@ async fn drain_timeout_0_turns_the_limit_off_and_waits_for_the_request() {
 }
 
 // ---------------------------------------------------------------- 4. signals, through the binary
-
-struct Bin {
-    child: tokio::process::Child,
-    tls: SocketAddr,
-    admin: SocketAddr,
-    roots: rustls::RootCertStore,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Bin {
-    async fn start(upstream: &str, extra: &[&str]) -> Bin {
-        init();
-        let pki = Pki::new("pod binary CA");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = pki
-            .server(&["localhost", "127.0.0.1"])
-            .write_to(&dir.path().join("tls"));
-        let log = dir.path().join("portico.log");
-        let out = std::fs::File::create(&log).expect("log");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PORTICO_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--upstream", upstream, "--workers", "2"])
-            .args(if extra.contains(&"--access-log") {
-                &[][..]
-            } else {
-                &["--access-log", "off"][..]
-            })
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .args(extra)
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn portico");
-        let (tls, admin) = wait_serving(
-            &log,
-            || child.try_wait().expect("try_wait"),
-            Duration::from_secs(10),
-        );
-        let admin = admin.expect("admin address in the serving line");
-        // The serving line comes after the listeners are bound: one request
-        // is enough, no polling.
-        assert_eq!(plain_get(admin, "/healthz").await.status, 200);
-        Bin {
-            child,
-            tls,
-            admin,
-            roots: pki.roots(),
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let st = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill");
-        assert!(st.success());
-    }
-
-    /// Waits for the exit, at most `within`.
-    async fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(st) => st.expect("wait"),
-            Err(_) => panic!("portico still running after {within:?}:\n{}", self.logs()),
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn h1(&self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-        h1(self.tls, self.roots.clone()).await
-    }
-}
 
 async fn signal_drains_the_request_in_flight_and_exits_0(sig: &str, use_h2: bool) {
     let up = sleepy_upstream().await;

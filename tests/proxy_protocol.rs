@@ -4,8 +4,6 @@
 //! DEBUG reasons read from portico's JSON log, the counters from `/metrics`.
 mod support;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
 use support::{
-    client_config, closed_within, collect, eventually, hello_upstream, init, metric, plain_get,
-    wait_serving, Got, Pki, Upstream,
+    client_config, closed_within, collect, eventually, hello_upstream, metric, plain_get, Bin, Got,
+    Pki, Upstream,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -28,61 +26,23 @@ const FAILED: &str = "portico_tls_handshakes_total{result=\"failed\"}";
 const OK: &str = "portico_tls_handshakes_total{result=\"ok\"}";
 
 /// portico as a process, logging JSON at DEBUG into a file.
-struct Bin {
-    child: tokio::process::Child,
-    tls: SocketAddr,
-    admin: SocketAddr,
-    roots: rustls::RootCertStore,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+async fn debug_bin(upstream: &str, extra: &[&str]) -> Bin {
+    let mut args = vec!["--access-log", "on", "--log-format", "json"];
+    args.extend(["--log-level", "info,portico=debug"]);
+    args.extend_from_slice(extra);
+    Bin::start(upstream, &args).await
 }
 
-impl Bin {
-    async fn start(upstream: &str, extra: &[&str]) -> Bin {
-        init();
-        let pki = Pki::new("proxy protocol CA");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = pki
-            .server(&["localhost", "127.0.0.1"])
-            .write_to(&dir.path().join("tls"));
-        let log = dir.path().join("portico.log");
-        let out = std::fs::File::create(&log).expect("log");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PORTICO_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--upstream", upstream, "--workers", "2"])
-            .args(["--access-log", "on", "--log-format", "json"])
-            .args(["--log-level", "info,portico=debug"])
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .args(extra)
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn portico");
-        let (tls, admin) = wait_serving(
-            &log,
-            || child.try_wait().expect("try_wait"),
-            Duration::from_secs(10),
-        );
-        let admin = admin.expect("admin address in the serving line");
-        assert_eq!(plain_get(admin, "/healthz").await.status, 200);
-        Bin {
-            child,
-            tls,
-            admin,
-            roots: pki.roots(),
-            log,
-            _dir: dir,
-        }
-    }
+/// What these tests read from a `debug_bin`'s JSON log and metrics.
+trait Observed {
+    fn lines(&self) -> Vec<Value>;
+    async fn access(&self, path: &str) -> Value;
+    async fn refusal(&self, n: usize) -> String;
+    async fn metric(&self, series: &str) -> f64;
+    async fn failed(&self, n: f64);
+}
 
+impl Observed for Bin {
     fn lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
@@ -128,12 +88,6 @@ impl Bin {
             || async { (self.metric(FAILED).await == n).then_some(()) },
         )
         .await;
-    }
-}
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
 
@@ -265,7 +219,7 @@ fn header<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
 #[tokio::test]
 async fn proxy_protocol_v1_address_is_the_client_in_forwarded_headers_and_the_access_log() {
     let up = hello_upstream().await;
-    let bin = Bin::start(&up.url(), &["--proxy-protocol", "on"]).await;
+    let bin = debug_bin(&up.url(), &["--proxy-protocol", "on"]).await;
     let g = get_after(
         &bin,
         &v1("PROXY TCP4 203.0.113.7 127.0.0.1 51234 443\r\n"),
@@ -301,7 +255,7 @@ async fn proxy_protocol_v1_address_is_the_client_in_forwarded_headers_and_the_ac
 #[tokio::test]
 async fn proxy_protocol_v2_ipv4_with_tlvs_and_ipv6_reach_the_upstream_and_the_access_log() {
     let up = hello_upstream().await;
-    let bin = Bin::start(&up.url(), &["--proxy-protocol", "on"]).await;
+    let bin = debug_bin(&up.url(), &["--proxy-protocol", "on"]).await;
     // An AWS-style TLV (0xEA, the VPC endpoint id) and a NOOP: skipped.
     let tlvs = [&[0xea, 0, 4][..], b"vpce", &[0x04, 0, 2, 0, 0]].concat();
     let g = get_after(&bin, &v2_tcp4([198, 51, 100, 9], 40000, &tlvs), "/v2-4")
@@ -326,7 +280,7 @@ async fn proxy_protocol_v2_ipv4_with_tlvs_and_ipv6_reach_the_upstream_and_the_ac
 #[tokio::test]
 async fn proxy_protocol_v2_local_and_v1_unknown_keep_the_peer_address() {
     let up = hello_upstream().await;
-    let bin = Bin::start(&up.url(), &["--proxy-protocol", "on"]).await;
+    let bin = debug_bin(&up.url(), &["--proxy-protocol", "on"]).await;
     let g = get_after(&bin, &v2(0x20, 0x00, &[]), "/local")
         .await
         .expect("request through a v2 LOCAL header");
@@ -353,7 +307,7 @@ async fn proxy_protocol_v2_local_and_v1_unknown_keep_the_peer_address() {
 #[tokio::test]
 async fn proxy_protocol_v2_and_the_client_hello_in_one_write_reach_rustls_untouched() {
     let up = hello_upstream().await;
-    let bin = Bin::start(&up.url(), &["--proxy-protocol", "on"]).await;
+    let bin = debug_bin(&up.url(), &["--proxy-protocol", "on"]).await;
     let tcp = TcpStream::connect(bin.tls).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let io = Prefixed {
@@ -388,7 +342,7 @@ async fn proxy_protocol_v2_and_the_client_hello_in_one_write_reach_rustls_untouc
 #[tokio::test]
 async fn proxy_protocol_header_sent_byte_by_byte_is_read_whole() {
     let up = hello_upstream().await;
-    let bin = Bin::start(&up.url(), &["--proxy-protocol", "on"]).await;
+    let bin = debug_bin(&up.url(), &["--proxy-protocol", "on"]).await;
     for (path, h, want) in [
         (
             "/slow-v1",
@@ -429,7 +383,7 @@ async fn refused(bin: &Bin, bytes: &[u8], limit: Duration) {
 #[tokio::test]
 async fn proxy_protocol_refuses_missing_malformed_and_unknown_v2_headers() {
     let up = hello_upstream().await;
-    let bin = Bin::start(&up.url(), &["--proxy-protocol", "on"]).await;
+    let bin = debug_bin(&up.url(), &["--proxy-protocol", "on"]).await;
 
     // No header at all: a plain TLS client.
     let tcp = TcpStream::connect(bin.tls).await.expect("connect");
@@ -476,7 +430,7 @@ async fn proxy_protocol_refuses_missing_malformed_and_unknown_v2_headers() {
 #[tokio::test]
 async fn proxy_protocol_from_refuses_a_peer_outside_and_serves_one_inside() {
     let up = hello_upstream().await;
-    let outside = Bin::start(
+    let outside = debug_bin(
         &up.url(),
         &[
             "--proxy-protocol",
@@ -501,7 +455,7 @@ async fn proxy_protocol_from_refuses_a_peer_outside_and_serves_one_inside() {
     );
     assert_eq!(up.count(), 0);
 
-    let inside = Bin::start(
+    let inside = debug_bin(
         &up.url(),
         &[
             "--proxy-protocol",
@@ -525,7 +479,7 @@ fn header_of(up: &Upstream, path: &str, name: &str) -> String {
 #[tokio::test]
 async fn proxy_protocol_header_and_handshake_share_one_handshake_timeout() {
     let up = hello_upstream().await;
-    let bin = Bin::start(
+    let bin = debug_bin(
         &up.url(),
         &["--proxy-protocol", "on", "--handshake-timeout", "1s"],
     )
@@ -571,7 +525,7 @@ async fn proxy_protocol_header_and_handshake_share_one_handshake_timeout() {
 #[tokio::test]
 async fn proxy_protocol_off_treats_a_proxy_header_as_garbage() {
     let up = hello_upstream().await;
-    let bin = Bin::start(&up.url(), &[]).await;
+    let bin = debug_bin(&up.url(), &[]).await;
     let tcp = TcpStream::connect(bin.tls).await.expect("connect");
     let io = Prefixed {
         inner: tcp,
@@ -698,7 +652,7 @@ async fn an_allow_san_refusal_is_logged_with_the_client_address_the_header_carri
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("clients.pem");
     std::fs::write(&ca, &clients.ca_pem).expect("write CA");
-    let bin = Bin::start(
+    let bin = debug_bin(
         &up.url(),
         &[
             "--proxy-protocol",

@@ -695,3 +695,109 @@ pub fn kubelet_pair(dir: &Path, pair: &Pair) {
         ],
     );
 }
+
+/// portico as a child process (the real binary), on 127.0.0.1:0 with a
+/// certificate from a fresh CA, its log in a file; `--access-log off` unless
+/// `extra` sets it.
+pub struct Bin {
+    pub child: tokio::process::Child,
+    pub tls: SocketAddr,
+    pub admin: SocketAddr,
+    pub roots: rustls::RootCertStore,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Bin {
+    pub async fn start(upstream: &str, extra: &[&str]) -> Bin {
+        init();
+        let pki = Pki::new("portico binary CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = pki
+            .server(&["localhost", "127.0.0.1"])
+            .write_to(&dir.path().join("tls"));
+        let log = dir.path().join("portico.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PORTICO_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--upstream", upstream, "--workers", "2"])
+            .args(if extra.contains(&"--access-log") {
+                &[][..]
+            } else {
+                &["--access-log", "off"][..]
+            })
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args(extra)
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn portico");
+        let (tls, admin) = wait_serving(
+            &log,
+            || child.try_wait().expect("try_wait"),
+            Duration::from_secs(10),
+        );
+        let admin = admin.expect("admin address in the serving line");
+        // The serving line comes after the listeners are bound: one request
+        // is enough, no polling.
+        assert_eq!(plain_get(admin, "/healthz").await.status, 200);
+        Bin {
+            child,
+            tls,
+            admin,
+            roots: pki.roots(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
+    /// Waits for the exit, at most `within`.
+    pub async fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(st) => st.expect("wait"),
+            Err(_) => panic!("portico still running after {within:?}:\n{}", self.logs()),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn h1(&self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        h1(self.tls, self.roots.clone()).await
+    }
+}
+
+/// Runs a command (`ip netns ...` for the namespace tests); its stderr in the error.
+pub fn sh(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
