@@ -6,7 +6,8 @@
 #   FUZZ_SECONDS=60        time per target
 #   FUZZ_JOBS=2            targets fuzzed at once (one core each)
 #   FUZZ_SANITIZER=none    none (default: quick to build, ~10x the executions
-#                          of ASan; portico forbids unsafe code) or address
+#                          of ASan; portico's only unsafe code is
+#                          the allocator shim, src/alloc.rs) or address
 #   FUZZ_TARGETS="a b"     a subset (default: every target, `cargo fuzz list`)
 #
 # The build is cargo fuzz's release build (debug assertions and overflow checks
