@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use portico::admin::{HEADER_TIMEOUT, MAX_CONNECTIONS};
 use portico::shutdown::Phase;
-use support::{closed_within, hello_upstream, plain_get, plain_request, read_response, sh, start};
+use support::{
+    closed_within, eventually, hello_upstream, plain_get, plain_request, read_response, sh, start,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -61,6 +63,12 @@ async fn post_shutdown_from_a_non_loopback_address_is_403_and_changes_nothing() 
     .await;
     let port = p.admin_addr.expect("admin on").port();
     let admin = SocketAddr::new(ip, port);
+    // Ready first (the ready check's first run comes after start), so that
+    // "still ready" below says the refused request changed nothing.
+    eventually(Duration::from_secs(5), "portico ready", || async {
+        (plain_get(admin, "/readyz").await.status == 200).then_some(())
+    })
+    .await;
     let g = plain_request(admin, http::Method::POST, "/shutdown").await;
     assert_eq!(g.status, 403, "{}", g.text());
     assert!(g.text().contains("only from loopback"), "{}", g.text());
