@@ -1,0 +1,180 @@
+//! The module graph: imports point one way, down the request path
+//! (listener → tls → http server → stack → upstream → routing), and any stage
+//! may use the leaves (configuration, errors, drain, telemetry) while the
+//! leaves use only each other; nothing imports `app`.
+//!
+//! The edges of `use crate::…` (and `crate::…` paths) between top-level
+//! modules are read from the sources. The back-edges that exist today are
+//! listed in `KNOWN` with what has to move to cut them: the test fails on any
+//! new one, and on a listed one that is gone (so the list only shrinks).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// How deep a module sits: an edge must go to a deeper module or to a leaf.
+fn depth(module: &str) -> Option<u8> {
+    Some(match module {
+        "app" => 0,
+        // Beside the path: they read the stages' state, nothing imports them
+        // but `app`.
+        "admin" | "inject" => 1,
+        "readiness" => 2,
+        "listener" => 3,
+        "proxy_protocol" => 4,
+        "tls" => 5,
+        "certs" => 6,
+        "server" => 7,
+        "stack" => 8,
+        "upstream" => 9,
+        "routing" => 10,
+        // The leaves.
+        "config" | "error" | "shutdown" | "telemetry" | "alloc" | "conn" => 100,
+        _ => return None,
+    })
+}
+
+fn is_leaf(module: &str) -> bool {
+    depth(module) == Some(100)
+}
+
+/// Back-edges that exist today, each with the move that cuts it.
+const KNOWN: &[(&str, &str)] = &[
+    // ConnInfo lives in tls and ConnActivity in server: a leaf `conn`
+    // module for the connection's facts and clock.
+    ("stack", "server"),
+    ("stack", "tls"),
+    // The HTTP server takes tls's TlsStream and its lingering close: server
+    // generic over its stream (a trait for the close), ConnInfo in `conn`.
+    ("server", "tls"),
+    // upstream takes the stack's body type: make upstream generic over its
+    // body, or own the body type the stack hands it.
+    ("upstream", "stack"),
+    // The reloader (certs/reload.rs) swaps the client policy into the
+    // TlsAcceptor: it belongs beside the path (with app), not under tls.
+    ("certs", "tls"),
+    // config holds types of the stages it configures (SanPattern, Cidr,
+    // Route, UpstreamAddr, InjectArgs): they move to leaves, or config keeps
+    // plain values the stages parse.
+    ("config", "inject"),
+    ("config", "proxy_protocol"),
+    ("config", "routing"),
+    ("config", "tls"),
+];
+
+/// The edges that break the rule, sorted.
+fn violations(edges: &BTreeSet<(String, String)>) -> Vec<(String, String)> {
+    edges
+        .iter()
+        .filter(|(from, to)| {
+            let (Some(f), Some(t)) = (depth(from), depth(to)) else {
+                // An unknown module is a violation until it is placed.
+                return true;
+            };
+            if to == "app" {
+                return true;
+            }
+            if is_leaf(from) {
+                return !is_leaf(to);
+            }
+            t <= f
+        })
+        .cloned()
+        .collect()
+}
+
+/// `crate::MODULE` references between top-level modules of `src/`, outside
+/// comments.
+fn edges(src: &Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(src).expect("under src");
+            let first = rel.components().next().expect("a component");
+            let from = first
+                .as_os_str()
+                .to_str()
+                .expect("utf-8 path")
+                .trim_end_matches(".rs")
+                .to_string();
+            if from == "lib" || from == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            for line in text.lines() {
+                let code = line.split("//").next().unwrap_or("");
+                let mut rest = code;
+                while let Some(i) = rest.find("crate::") {
+                    rest = &rest[i + "crate::".len()..];
+                    let to: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if !to.is_empty() && to != from {
+                        out.insert((from.clone(), to));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn imports_point_down_the_request_path_but_for_the_known_back_edges() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = violations(&edges(&src));
+    let known: Vec<(String, String)> = KNOWN
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let new: Vec<_> = found.iter().filter(|e| !known.contains(e)).collect();
+    let gone: Vec<_> = known.iter().filter(|e| !found.contains(e)).collect();
+    assert!(
+        new.is_empty(),
+        "imports that run back up the request path (or into app): {new:?}"
+    );
+    assert!(
+        gone.is_empty(),
+        "back-edges cut: take them off KNOWN in tests/layering.rs: {gone:?}"
+    );
+}
+
+#[test]
+fn a_planted_back_edge_is_caught() {
+    let planted: BTreeSet<(String, String)> = [
+        ("upstream", "server"),
+        ("routing", "stack"),
+        ("telemetry", "stack"),
+        ("admin", "app"),
+        ("newmodule", "config"),
+        ("stack", "upstream"),
+        ("tls", "config"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    let caught: Vec<(String, String)> = violations(&planted);
+    let caught: Vec<(&str, &str)> = caught
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        caught,
+        [
+            ("admin", "app"),
+            ("newmodule", "config"),
+            ("routing", "stack"),
+            ("telemetry", "stack"),
+            ("upstream", "server"),
+        ]
+    );
+}
