@@ -648,14 +648,20 @@ impl AsyncRead for TlsStream {
             if this.tx.len() - this.tx_at > TX_BOUND {
                 ready!(this.poll_flush_tx(cx))?;
             }
-            let queued = this.tx.len();
-            this.process(Some(buf), None)?;
-            // A KeyUpdate's answer or a warning: sent as soon as possible.
-            // A session ticket still queued is not: the client has sent a
-            // request, so the ticket leaves with the answer, in its write.
-            if this.tx.len() > queued {
-                if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
-                    return Poll::Ready(Err(e));
+            // rustls acts only on what it is given: with no byte of the
+            // client's unprocessed, it has nothing to hand over or answer
+            // (what a write gave it to do, it did in that write's `process`).
+            if this.rx_at < this.rx.len() {
+                let queued = this.tx.len();
+                this.process(Some(buf), None)?;
+                // A KeyUpdate's answer or a warning: sent as soon as
+                // possible. A session ticket still queued is not: the client
+                // has sent a request, so the ticket leaves with the answer,
+                // in its write.
+                if this.tx.len() > queued {
+                    if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
+                        return Poll::Ready(Err(e));
+                    }
                 }
             }
             if buf.filled().len() > before {
