@@ -6,13 +6,14 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use portico::admin::{HEADER_TIMEOUT, MAX_CONNECTIONS};
 use portico::shutdown::Phase;
 use support::{
-    closed_within, eventually, hello_upstream, plain_get, plain_request, read_response, sh, start,
+    closed_within, eventually, hello_upstream, plain_get, plain_request, read_response, start,
+    Netns,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -182,51 +183,6 @@ async fn the_admin_port_holds_at_most_its_own_cap_of_connections() {
 
 // ---- a non-loopback peer from another network namespace ----
 
-struct Netns {
-    names: [String; 2],
-    children: Vec<Child>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// A Pod namespace (198.51.100.1) and a neighbour's (198.51.100.2), a veth
-/// pair between them.
-fn netns(tag: &str) -> Result<Netns, String> {
-    let pod = format!("portico-adm-pod-{tag}");
-    let nb = format!("portico-adm-nb-{tag}");
-    let ns = Netns {
-        names: [pod.clone(), nb.clone()],
-        children: Vec::new(),
-    };
-    let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
-    sh(&["ip", "netns", "add", &pod])?;
-    sh(&["ip", "netns", "add", &nb])?;
-    sh(&[
-        "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
-    ])?;
-    sh(&["ip", "link", "set", &va, "netns", &pod])?;
-    sh(&["ip", "link", "set", &vb, "netns", &nb])?;
-    for (n, dev, addr) in [
-        (&pod, &va, "198.51.100.1/24"),
-        (&nb, &vb, "198.51.100.2/24"),
-    ] {
-        sh(&["ip", "-n", n, "addr", "add", addr, "dev", dev])?;
-        sh(&["ip", "-n", n, "link", "set", dev, "up"])?;
-        sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
-    }
-    Ok(ns)
-}
-
 /// `curl` inside namespace `ns`: status code and body.
 fn curl(ns: &str, args: &[&str]) -> (String, String) {
     let out = Command::new("ip")
@@ -247,7 +203,7 @@ fn post_shutdown_from_a_neighbour_pod_over_veth_is_403_and_from_the_pods_loopbac
         return;
     }
     let tag = format!("{}", std::process::id() % 100_000);
-    let mut ns = match netns(&tag) {
+    let mut ns = match Netns::pair("portico-adm", &tag, "198.51.100") {
         Ok(ns) => ns,
         Err(e) => {
             eprintln!(
@@ -260,7 +216,7 @@ fn post_shutdown_from_a_neighbour_pod_over_veth_is_403_and_from_the_pods_loopbac
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = pki.server(&["localhost"]).write_to(&dir.path().join("tls"));
     let portico = Command::new("ip")
-        .args(["netns", "exec", &ns.names[0], env!("CARGO_BIN_EXE_portico")])
+        .args(["netns", "exec", &ns.pod, env!("CARGO_BIN_EXE_portico")])
         .args(["--listen", "0.0.0.0:8443", "--admin-listen", "0.0.0.0:9901"])
         .args(["--ready-check", "none", "--access-log", "off"])
         .arg("--tls-cert")
@@ -272,8 +228,8 @@ fn post_shutdown_from_a_neighbour_pod_over_veth_is_403_and_from_the_pods_loopbac
         .spawn()
         .expect("portico");
     ns.children.push(portico);
-    let pod = ns.names[0].clone();
-    let nb = ns.names[1].clone();
+    let pod = ns.pod.clone();
+    let nb = ns.peer.clone();
 
     // The neighbour reaches the admin port on the Pod IP, as the kubelet does.
     let deadline = Instant::now() + Duration::from_secs(10);

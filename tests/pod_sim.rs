@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{sh, Pki};
+use support::{sh, Netns, Pki};
 
 /// A primary that answers `/` at once and `/slow` after one second.
 const PRIMARY: &str = r#"
@@ -31,48 +31,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
 "#;
-
-struct Netns {
-    pod: String,
-    client: String,
-    children: Vec<Child>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [&self.pod, &self.client] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn setup(tag: &str) -> Result<Netns, String> {
-    let pod = format!("portico-pod-{tag}");
-    let client = format!("portico-cli-{tag}");
-    let ns = Netns {
-        pod: pod.clone(),
-        client: client.clone(),
-        children: Vec::new(),
-    };
-    let (va, vb) = (format!("vp{tag}"), format!("vc{tag}"));
-    sh(&["ip", "netns", "add", &pod])?;
-    sh(&["ip", "netns", "add", &client])?;
-    sh(&[
-        "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
-    ])?;
-    sh(&["ip", "link", "set", &va, "netns", &pod])?;
-    sh(&["ip", "link", "set", &vb, "netns", &client])?;
-    for (n, dev, addr) in [(&pod, &va, "192.0.2.1/24"), (&client, &vb, "192.0.2.2/24")] {
-        sh(&["ip", "-n", n, "addr", "add", addr, "dev", dev])?;
-        sh(&["ip", "-n", n, "link", "set", dev, "up"])?;
-        sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
-    }
-    Ok(ns)
-}
 
 /// Lays out a Secret volume as the kubelet does: a timestamped directory, a
 /// `..data` symlink to it, and `tls.crt`/`tls.key` symlinks through `..data`.
@@ -118,7 +76,7 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
         return skip("curl is not installed (.ci/run installs it)");
     }
     let tag = format!("{}", std::process::id() % 100_000);
-    let mut ns = match setup(&tag) {
+    let mut ns = match Netns::pair("portico", &tag, "192.0.2") {
         Ok(ns) => ns,
         Err(e) => {
             return skip(&format!(
@@ -189,7 +147,7 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
         std::thread::sleep(Duration::from_millis(100));
     }
     // The client, outside the Pod, gets the primary's answer through portico.
-    let out = curl_in(&ns.client, &ca, "/").output().expect("curl");
+    let out = curl_in(&ns.peer, &ca, "/").output().expect("curl");
     assert!(
         out.status.success(),
         "{}",
@@ -205,7 +163,7 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
         .args([
             "netns",
             "exec",
-            &ns.client,
+            &ns.peer,
             "curl",
             "-sS",
             "--max-time",
@@ -222,7 +180,7 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
     // Rolling update: five slow requests in flight, then SIGTERM.
     let in_flight: Vec<Child> = (0..5)
         .map(|_| {
-            curl_in(&ns.client, &ca, "/slow")
+            curl_in(&ns.peer, &ca, "/slow")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -256,6 +214,6 @@ fn pod_in_a_network_namespace_serves_a_client_over_veth_and_a_rolling_update_los
     );
 
     // After the drain the port is closed: a new client is refused, not hung.
-    let after = curl_in(&ns.client, &ca, "/").output().expect("curl");
+    let after = curl_in(&ns.peer, &ca, "/").output().expect("curl");
     assert!(!after.status.success());
 }

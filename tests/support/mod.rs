@@ -801,3 +801,55 @@ pub fn sh(args: &[&str]) -> Result<(), String> {
         ))
     }
 }
+
+/// Two network namespaces joined by a veth pair, as two hosts: `pod` at
+/// `{net}.1` and `peer` at `{net}.2` (a /24 of a documentation prefix), each
+/// with its loopback up. The processes in `children` are killed and the
+/// namespaces deleted on drop. Needs root (`ip netns`).
+pub struct Netns {
+    pub pod: String,
+    pub peer: String,
+    pub children: Vec<std::process::Child>,
+}
+
+impl Netns {
+    /// Namespaces `{prefix}-pod-{tag}` and `{prefix}-peer-{tag}` on `net`
+    /// (e.g. `192.0.2`).
+    pub fn pair(prefix: &str, tag: &str, net: &str) -> Result<Self, String> {
+        let ns = Netns {
+            pod: format!("{prefix}-pod-{tag}"),
+            peer: format!("{prefix}-peer-{tag}"),
+            children: Vec::new(),
+        };
+        // Interface names: at most 15 bytes.
+        let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+        sh(&["ip", "netns", "add", &ns.pod])?;
+        sh(&["ip", "netns", "add", &ns.peer])?;
+        sh(&[
+            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+        ])?;
+        sh(&["ip", "link", "set", &va, "netns", &ns.pod])?;
+        sh(&["ip", "link", "set", &vb, "netns", &ns.peer])?;
+        for (n, dev, host) in [(&ns.pod, &va, 1), (&ns.peer, &vb, 2)] {
+            let addr = format!("{net}.{host}/24");
+            sh(&["ip", "-n", n, "addr", "add", &addr, "dev", dev])?;
+            sh(&["ip", "-n", n, "link", "set", dev, "up"])?;
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.pod, &self.peer] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
