@@ -386,6 +386,14 @@ impl fmt::Display for Cidr {
 mod tests {
     use super::*;
 
+    /// A v2 TCP over IPv4 body: 203.0.113.7:51234 -> 192.0.2.1:443, then
+    /// one TLV (type 0xea, "vpc") that the parser must skip.
+    fn tcp4_body_with_tlv() -> Vec<u8> {
+        let mut body = vec![203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 1, 0xbb];
+        body.extend_from_slice(&[0xea, 0, 3, b'v', b'p', b'c']);
+        body
+    }
+
     fn v2(cmd: u8, fam: u8, body: &[u8]) -> Vec<u8> {
         let mut h = V2_SIGNATURE.to_vec();
         h.push(0x20 | cmd);
@@ -459,8 +467,7 @@ mod tests {
 
     #[test]
     fn v2_ipv4_ipv6_local_and_tlvs() {
-        let mut body = vec![203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 1, 0xbb];
-        body.extend_from_slice(&[0xea, 0, 3, b'v', b'p', b'c']);
+        let body = tcp4_body_with_tlv();
         let h = v2(1, 0x11, &body);
         let mut buf = h.clone();
         buf.extend_from_slice(b"\x16\x03\x01");
@@ -517,8 +524,7 @@ mod tests {
 
     #[test]
     fn every_proper_prefix_of_a_header_is_incomplete() {
-        let mut body = vec![203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 1, 0xbb];
-        body.extend_from_slice(&[0xea, 0, 3, b'v', b'p', b'c']);
+        let body = tcp4_body_with_tlv();
         for h in [
             v2(1, 0x11, &body),
             v2(0, 0x00, &[]),
@@ -534,8 +540,7 @@ mod tests {
 
     #[test]
     fn reads_in_any_piece_size_consume_the_header_and_nothing_after_it() {
-        let mut body = vec![203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 1, 0xbb];
-        body.extend_from_slice(&[0xea, 0, 3, b'v', b'p', b'c']);
+        let body = tcp4_body_with_tlv();
         for h in [
             v2(1, 0x11, &body),
             v2(0, 0x00, &[]),

@@ -48,9 +48,9 @@ const WRITE_MAX: usize = 64 * 1024;
 /// to answer. Without it, a client that sends KeyUpdates or warnings and never
 /// reads would have portico queue their answers without end.
 const TX_BOUND: usize = WRITE_MAX + READ_SIZE;
-/// rustls's largest record: 2^14 bytes of plaintext, with the header, the
-/// content type, padding room and the AEAD tag. Estimates the room to encrypt
-/// into; rustls says if it needs more.
+/// Room per record beyond its plaintext (header, TLS 1.2's explicit nonce or
+/// TLS 1.3's content type, the AEAD tag), rounded up: an estimate of the room
+/// to encrypt into; rustls says if it needs more.
 const RECORD_OVERHEAD: usize = 64;
 /// rustls's record size for application data.
 const MAX_FRAGMENT: usize = 16 * 1024;
