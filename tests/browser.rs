@@ -4,6 +4,8 @@
 //! screenshot. Skips, saying why, where Chromium is not installed, except
 //! under `CI=true`, where a missing Chromium fails the test.
 
+// This suite uses only part of the support the `it` binary uses in full.
+#[allow(dead_code, unused_imports)]
 mod support;
 
 #[path = "../examples/primary.rs"]

@@ -4,6 +4,8 @@
 //! pair (192.0.2.0/24, TEST-NET-1), and a rolling update (SIGTERM with requests
 //! in flight) loses nothing. Needs root and `ip netns`; skips, saying why, without.
 
+// This suite uses only part of the support the `it` binary uses in full.
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::path::{Path, PathBuf};

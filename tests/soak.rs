@@ -34,6 +34,8 @@
 //! test binary would otherwise get glibc's malloc, whose arenas keep a
 //! share of the freed body buffers resident and so measure glibc, not
 //! portico.
+// This suite uses only part of the support the `it` binary uses in full.
+#[allow(dead_code, unused_imports)]
 mod support;
 use support::*;
 

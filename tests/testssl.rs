@@ -13,6 +13,8 @@
 //! `TESTSSL_TIMEOUT` seconds (600 by default). Every finding is written to a
 //! JSON file; the test fails on HIGH, CRITICAL or FATAL (a scan that could not
 //! run), and prints the LOW and MEDIUM ones.
+// This suite uses only part of the support the `it` binary uses in full.
+#[allow(dead_code, unused_imports)]
 mod support;
 use support::*;
 

@@ -1,18 +1,26 @@
 //! Shared test support: a fresh rcgen PKI per test, portico started in-process
-//! on 127.0.0.1:0, real upstream servers, and real TLS clients that trust only
-//! the test CA.
-#![allow(dead_code)]
+//! on 127.0.0.1:0 or as the real binary, real upstream servers, and real TLS
+//! clients that trust only the test CA; raw clients and upstreams for what
+//! well-behaved peers never send ([`raw`], [`h2raw`], [`tlsrec`]).
 
+pub mod answer;
+pub mod h2raw;
+pub mod measure;
+pub mod raw;
 pub mod tlsrec;
+
+pub use answer::*;
+pub use measure::*;
+pub use raw::*;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,9 +34,11 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
+
+/// Milliseconds, for the many short durations of these tests.
+pub const MS: fn(u64) -> Duration = Duration::from_millis;
 
 static INIT: Once = Once::new();
 
@@ -261,6 +271,62 @@ pub async fn get(addr: SocketAddr, roots: RootCertStore, path: &str) -> Got {
     collect(c.send_request(req).await.expect("response")).await
 }
 
+/// A request builder with a body.
+pub fn req(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("request")
+}
+
+/// Sends `req` on `c` and collects the answer.
+pub async fn send(
+    c: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Got {
+    c.ready().await.expect("client connection ready");
+    collect(c.send_request(req).await.expect("response")).await
+}
+
+/// `GET path` with `Host: localhost`, for an HTTP/1.1 connection.
+pub fn h1_get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("req")
+}
+
+/// `GET path` in absolute form, for an HTTP/2 connection to `p`.
+pub fn h2_get(p: &Portico, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("https://localhost:{}{path}", p.tls_addr.port()))
+        .body(Full::new(Bytes::new()))
+        .expect("req")
+}
+
+/// All values of a header, as strings.
+pub fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect()
+}
+
+/// The one value of a header, as a string.
+pub fn one<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.to_str().expect("ascii"))
+}
+
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -281,9 +347,6 @@ pub struct Upstream {
 impl Upstream {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-    pub fn h2c_url(&self) -> String {
-        format!("h2c://{}", self.addr)
     }
     pub fn last(&self) -> Seen {
         self.seen
@@ -375,6 +438,44 @@ pub async fn hello_upstream() -> Upstream {
     .await
 }
 
+/// An upstream that answers `GET /sleep/MS` after MS milliseconds, anything else at once.
+pub async fn sleepy_upstream() -> Upstream {
+    upstream_with(false, |s| async move {
+        let ms = s
+            .uri
+            .path()
+            .strip_prefix("/sleep/")
+            .and_then(|m| m.parse::<u64>().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Response::new(Full::new(Bytes::from(format!("slept {ms}"))))
+    })
+    .await
+}
+
+/// Waits until the upstream has seen at least `n` requests.
+pub async fn wait_seen(up: &Upstream, n: usize) {
+    eventually(
+        Duration::from_secs(3),
+        "the upstream sees the requests",
+        || async { (up.count() >= n).then_some(()) },
+    )
+    .await
+}
+
+/// Deterministic bytes (xorshift), so corruption or reordering is visible.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// A port on 127.0.0.1 where nothing listens, and the socket that holds it:
 /// bound but not listening, so a connection is refused and, while the socket
 /// lives, no other test can take the port (a bound-then-closed one could be).
@@ -393,8 +494,8 @@ pub struct Portico {
     pub dir: tempfile::TempDir,
     pub drain: Arc<portico::shutdown::Drain>,
     pub metrics: Arc<portico::telemetry::Metrics>,
-    pub tls: Arc<portico::tls::TlsAcceptor>,
     pub run: tokio::task::JoinHandle<()>,
+    _shared: Shared,
 }
 
 impl Portico {
@@ -413,6 +514,43 @@ impl Portico {
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()
     }
+}
+
+/// The admin server's address (the test config turns it on).
+pub fn admin(p: &Portico) -> SocketAddr {
+    p.admin_addr.expect("admin server on")
+}
+
+/// `GET /readyz` on the admin server at `addr`.
+pub async fn readyz(addr: SocketAddr) -> Got {
+    plain_get(addr, "/readyz").await
+}
+
+/// `GET /metrics` on `p`'s admin server: its text, once it answered 200.
+pub async fn scrape(p: &Portico) -> String {
+    let g = plain_get(admin(p), "/metrics").await;
+    assert_eq!(g.status, 200);
+    g.text()
+}
+
+/// The count of failed TLS handshakes.
+pub fn failed_handshakes(p: &Portico) -> f64 {
+    metric(
+        &p.metrics_text(),
+        "portico_tls_handshakes_total{result=\"failed\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits until exactly `n` handshakes have failed (the counter moves just after
+/// the socket closes), then checks it stays there.
+pub async fn assert_failed_handshakes(p: &Portico, n: f64) {
+    eventually(MS(3000), &format!("{n} failed handshakes"), || async {
+        (failed_handshakes(p) >= n).then_some(())
+    })
+    .await;
+    tokio::time::sleep(MS(100)).await;
+    assert_eq!(failed_handshakes(p), n, "exactly {n} failed handshakes");
 }
 
 /// A configuration for tests: loopback, port 0, a localhost certificate from `pki`.
@@ -435,6 +573,7 @@ pub fn test_config(pki: &Pki, dir: &Path, upstream: &str) -> Config {
 
 /// Starts portico with the test config, adjusted by `f`.
 pub async fn start(upstream: &str, f: impl FnOnce(&mut Config, &Pki, &Path)) -> Portico {
+    let shared = shared().await;
     init();
     let pki = Pki::new("portico test CA");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -449,8 +588,8 @@ pub async fn start(upstream: &str, f: impl FnOnce(&mut Config, &Pki, &Path)) -> 
         dir,
         drain: app.drain.clone(),
         metrics: app.metrics.clone(),
-        tls: app.tls.clone(),
         run: tokio::spawn(app.run()),
+        _shared: shared,
     }
 }
 
@@ -535,6 +674,15 @@ where
     }
 }
 
+/// `d` is within `lo..=hi`.
+#[track_caller]
+pub fn assert_between(d: Duration, lo: Duration, hi: Duration, what: &str) {
+    assert!(
+        d >= lo && d <= hi,
+        "{what}: took {d:?}, expected {lo:?}..{hi:?}"
+    );
+}
+
 /// The value of one sample line in a Prometheus text exposition, e.g.
 /// `portico_requests_total{route="default",code="200"}`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
@@ -549,103 +697,6 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 /// Where `needle` first stands in `hay`.
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A response read off a raw stream.
-#[derive(Debug)]
-pub struct RawResp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl RawResp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads up to the end of a message head (or EOF); returns head and any extra.
-pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> (Vec<u8>, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            let rest = buf.split_off(i + 4);
-            return (buf, rest);
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return (buf, Vec::new()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 response (body by Content-Length); `None` if the stream
-/// ended or failed before a complete head.
-pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> Option<RawResp> {
-    let (head, mut body) = read_head(s).await;
-    let text = String::from_utf8(head).ok()?;
-    if !text.ends_with("\r\n\r\n") {
-        return None;
-    }
-    let mut lines = text.trim_end().split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let resp = RawResp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let len: usize = resp
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut chunk = [0u8; 4096];
-    while body.len() < len {
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Some(RawResp { body, ..resp })
-}
-
-/// Reads until the peer closes (EOF or error); the time it took, or `None` if
-/// it stayed open for `limit`.
-pub async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
-    let start = std::time::Instant::now();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let left = limit.checked_sub(start.elapsed())?;
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-/// A raw TLS connection to portico offering `alpn`.
-pub async fn raw_tls_alpn(p: &Portico, alpn: &[u8]) -> TlsStream<TcpStream> {
-    tls_connect(
-        p.tls_addr,
-        "localhost",
-        client_config(p.roots(), &[alpn], None),
-    )
-    .await
-    .expect("tls connect")
-}
-
-/// A raw HTTP/1.1 TLS connection to portico.
-pub async fn raw_tls(p: &Portico) -> TlsStream<TcpStream> {
-    raw_tls_alpn(p, b"http/1.1").await
 }
 
 /// Distinct names for the timestamped directories of successive updates.
@@ -696,6 +747,32 @@ pub fn kubelet_pair(dir: &Path, pair: &Pair) {
     );
 }
 
+/// The process environment, shared by every test of the binary: a test
+/// that sets `PORTICO_*` variables for an in-process `Config::from_args`
+/// holds it for writing, and whatever starts a portico process that would
+/// inherit them holds it for reading while it spawns.
+static ENV: RwLock<()> = RwLock::new(());
+
+/// Holds the environment still while a child process is spawned.
+pub fn env_read() -> std::sync::RwLockReadGuard<'static, ()> {
+    ENV.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Holds the environment for a test that changes it.
+pub fn env_write() -> std::sync::RwLockWriteGuard<'static, ()> {
+    ENV.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills and reaps the child when the test ends, however it ends.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// portico as a child process (the real binary), on 127.0.0.1:0 with a
 /// certificate from a fresh CA, its log in a file; `--access-log off` unless
 /// `extra` sets it.
@@ -706,10 +783,12 @@ pub struct Bin {
     pub roots: rustls::RootCertStore,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
+    _shared: Shared,
 }
 
 impl Bin {
     pub async fn start(upstream: &str, extra: &[&str]) -> Bin {
+        let shared = shared().await;
         init();
         let pki = Pki::new("portico binary CA");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -739,7 +818,10 @@ impl Bin {
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn portico");
+        let mut child = {
+            let _env = env_read();
+            cmd.spawn().expect("spawn portico")
+        };
         let (tls, admin) = wait_serving(
             &log,
             || child.try_wait().expect("try_wait"),
@@ -756,6 +838,7 @@ impl Bin {
             roots: pki.roots(),
             log,
             _dir: dir,
+            _shared: shared,
         }
     }
 

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use rustls::{ConnectionTrafficSecrets, RootCertStore, SupportedCipherSuite};
+use rustls::{ConnectionTrafficSecrets, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Content types.
-pub const CHANGE_CIPHER_SPEC: u8 = 20;
 pub const ALERT: u8 = 21;
 pub const HANDSHAKE: u8 = 22;
 pub const APPLICATION_DATA: u8 = 23;
@@ -159,7 +158,6 @@ pub struct Keyed {
     pub tcp: TcpStream,
     pub tx: Keys,
     pub rx: Keys,
-    pub suite: SupportedCipherSuite,
     got: Vec<u8>,
 }
 
@@ -195,13 +193,11 @@ impl Keyed {
             .expect("TLS handshake");
         let (tcp, conn) = tls.into_inner();
         let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-        let suite = conn.negotiated_cipher_suite().expect("suite");
         let secrets = conn.dangerous_extract_secrets().expect("secrets");
         Self {
             tcp,
             tx: Keys::new(tls13, secrets.tx),
             rx: Keys::new(tls13, secrets.rx),
-            suite,
             got: Vec::new(),
         }
     }

@@ -3,17 +3,14 @@
 //! its exit codes, what stderr names, and the precedence flag > `PORTICO_*` >
 //! TOML file > default, observed through `portico check` and, for what `check`
 //! does not print, through `Config::from_args` in-process.
-mod support;
-
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::support::{env_write, Pki};
 use portico::config::{ArgsError, Config, Mode};
-use support::Pki;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -748,12 +745,10 @@ fn check_without_certificates_uses_the_self_signed_default() {
     assert!(out.contains("not after"), "{out}");
 }
 
-/// `Config::from_args` reads the real environment: every in-process parse
-/// holds this lock and sets/clears `PORTICO_*` itself.
-static ENV: Mutex<()> = Mutex::new(());
-
 fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<(Mode, Config), ArgsError> {
-    let _guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    // `Config::from_args` reads the real environment, which every test of
+    // the binary shares: hold it while `PORTICO_*` is set here.
+    let _env = env_write();
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| k.starts_with("PORTICO_"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validate a manifest stream (stdin) offline, as deploy/validate.py does.
 
-    python3 tests/inject/check.py < manifests.yaml
+    python3 tests/it/inject/check.py < manifests.yaml
 
 Every document of a kind Kubernetes ships (Deployment, Service, ...) is
 checked against the JSON schemas of the kubernetes-validate package in strict

@@ -4,8 +4,7 @@
 //! `--client-auth`, `--allow-san`) with `X-Forwarded-Client-Cert`, client-CA
 //! reload vs. session resumption, `SIGHUP` on the real binary, and the subPath
 //! warning. Real sockets and real TLS throughout.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -1300,16 +1299,6 @@ async fn server_cert_rotation_keeps_session_resumption() {
 // ---------------------------------------------------------------------------
 // The binary: SIGHUP, subPath warning
 
-/// Kills and reaps the child when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
     init();
@@ -1319,8 +1308,8 @@ async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
     let (cert, key) = old.write_to(dir.path());
     let log = dir.path().join("portico.log");
     let stderr = std::fs::File::create(&log).expect("log file");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portico"));
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
@@ -1335,10 +1324,11 @@ async fn sighup_reloads_rewritten_cert_files_at_once_with_watch_and_poll_off() {
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn portico");
-    let mut child = Child(child);
+        .stderr(stderr);
+    let mut child = {
+        let _env = env_read();
+        Child(cmd.spawn().expect("spawn portico"))
+    };
     let (addr, admin) = wait_serving(
         &log,
         || child.0.try_wait().expect("try_wait"),
@@ -1405,7 +1395,10 @@ fn startup_log(bind_mount: bool, source: &Path, target: &Path, key: &Path) -> Ve
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let mut child = Child(cmd.spawn().expect("spawn"));
+    let mut child = {
+        let _env = env_read();
+        Child(cmd.spawn().expect("spawn"))
+    };
     let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

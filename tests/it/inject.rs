@@ -1,12 +1,12 @@
 //! `portico inject` from the outside (SPEC "`portico inject`"): the real
-//! binary on the fixtures in tests/inject/, its output compared with the
+//! binary on the fixtures in tests/it/inject/, its output compared with the
 //! golden files beside them, validated offline against the Kubernetes schemas
-//! deploy/validate.py uses (tests/inject/check.py: 1.30 and the newest the
+//! deploy/validate.py uses (tests/it/inject/check.py: 1.30 and the newest the
 //! kubernetes-validate package ships, strict), and injected a second time to
 //! show that nothing changes. Bad input: exit 2, the exact message, nothing on
 //! stdout.
 //!
-//! `PORTICO_BLESS=1 cargo test --test inject` rewrites the golden files; read
+//! `PORTICO_BLESS=1 cargo test --test it inject::` rewrites the golden files; read
 //! the diff before committing it.
 
 use std::io::Write;
@@ -18,7 +18,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/inject")
 }
 
 /// What one run did.
@@ -29,7 +29,7 @@ struct Out {
     stderr: String,
 }
 
-/// Runs `portico inject ARGS` in tests/inject/ with `stdin` as standard input
+/// Runs `portico inject ARGS` in tests/it/inject/ with `stdin` as standard input
 /// and a clean environment (inject must need none of portico's variables).
 fn inject(args: &[&str], stdin: &str) -> Out {
     let mut child = Command::new(BIN)
@@ -76,7 +76,7 @@ fn python_ready() -> bool {
     ok
 }
 
-/// Validates a manifest stream with tests/inject/check.py and returns what
+/// Validates a manifest stream with tests/it/inject/check.py and returns what
 /// PyYAML (a YAML 1.1 reader, like kubectl's) read: `docs`, `validated`, ...
 fn validate(manifests: &str) -> Option<Value> {
     if !python_ready() {
@@ -104,7 +104,7 @@ fn validate(manifests: &str) -> Option<Value> {
     Some(serde_json::from_slice(&out.stdout).expect("check.py prints JSON"))
 }
 
-/// Injects `input` (a file in tests/inject/) with `args`, compares the output
+/// Injects `input` (a file in tests/it/inject/) with `args`, compares the output
 /// with `golden`, injects the output again (the same must come out), and
 /// validates it. Returns the parsed documents and stderr.
 fn golden(input: &str, args: &[&str], golden: &str) -> (Option<Value>, String) {
@@ -780,7 +780,7 @@ fn inject_any_prefix_of_a_fixture_is_an_answer_not_a_panic_and_is_idempotent() {
     let opts = portico::inject::Options::default();
     let mut ok = 0;
     let mut refused = 0;
-    for entry in std::fs::read_dir(dir()).expect("tests/inject") {
+    for entry in std::fs::read_dir(dir()).expect("tests/it/inject") {
         let path = entry.expect("entry").path();
         let name = path.to_string_lossy().into_owned();
         if !(name.ends_with(".yaml") || name.ends_with(".json")) {

@@ -2,8 +2,7 @@
 //! what portico does: every long option and environment variable that
 //! `portico --help` (and each subcommand's `--help`) prints, every metric family
 //! of a real `/metrics` scrape, and every `Portico-Error` kind with its status.
-mod support;
-use support::*;
+use crate::support::*;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -2,23 +2,21 @@
 //! a hand-written PROXY v1/v2 header on a real socket, a real TLS client after
 //! it, a real upstream that records what it was told, the access log and the
 //! DEBUG reasons read from portico's JSON log, the counters from `/metrics`.
-mod support;
-
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    client_config, closed_within, collect, eventually, hello_upstream, metric, plain_get, Bin, Got,
+    Pki, Upstream,
+};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
-use support::{
-    client_config, closed_within, collect, eventually, hello_upstream, metric, plain_get, Bin, Got,
-    Pki, Upstream,
-};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
