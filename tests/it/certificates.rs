@@ -1,9 +1,11 @@
-//! Certificates and rotation (SPEC "Certificates and rotation"): Secret updates
-//! made exactly as the kubelet makes them, bad updates, poll vs. file events,
-//! the expiry gauge, SNI among several `--tls-dir`s, mTLS (`--client-ca`,
-//! `--client-auth`, `--allow-san`) with `X-Forwarded-Client-Cert`, client-CA
-//! reload vs. session resumption, `SIGHUP` on the real binary, and the subPath
-//! warning. Real sockets and real TLS throughout.
+//! Certificates and rotation (docs/reference.md, "Certificates and
+//! rotation"): Secret updates made exactly as the kubelet makes them, bad
+//! updates, poll vs. file events, the expiry gauge, SNI among several
+//! `--tls-dir`s, mTLS (`--client-ca`, `--client-auth`, `--allow-san`) with
+//! `X-Forwarded-Client-Cert`, client-CA reload vs. session resumption, TLS 1.3
+//! session tickets, `SIGHUP` on the real binary, and the subPath warning. Real
+//! sockets and real TLS throughout.
+
 use crate::support::*;
 
 use std::io::BufRead;

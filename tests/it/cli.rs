@@ -1,8 +1,9 @@
-//! The command line from the outside (SPEC "Command line", `portico check`,
-//! "Signals and exit codes"): the real binary run with a clean environment,
-//! its exit codes, what stderr names, and the precedence flag > `PORTICO_*` >
-//! TOML file > default, observed through `portico check` and, for what `check`
-//! does not print, through `Config::from_args` in-process.
+//! The command line from the outside (docs/reference.md, "Commands",
+//! "Options", "Signals and exit codes"): the real binary run with a clean
+//! environment, its exit codes, what stderr names, and the precedence flag >
+//! `PORTICO_*` > TOML file > default, observed through `portico check` and,
+//! for what `check` does not print, through `Config::from_args` in-process.
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use portico::config::{ArgsError, Config, Mode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
-/// Every option of SPEC's table, plus `--config`.
+/// Every option of the reference's table, plus `--config`.
 const SPEC_OPTIONS: &[&str] = &[
     "config",
     "listen",
@@ -168,7 +169,7 @@ fn tls_line(summary: &str) -> String {
         .unwrap_or_else(|| panic!("no tls line in:\n{summary}"))
 }
 
-/// The route names (SPEC text) listed in a `check` summary, `default` excluded.
+/// The route names (as `--route` spells them) listed in a `check` summary, `default` excluded.
 fn routes(summary: &str) -> Vec<String> {
     summary
         .lines()
@@ -202,7 +203,7 @@ fn help_lists_every_spec_option_and_exits_0() {
             o.stdout
         );
     }
-    // README's one addition to SPEC's table.
+    // README's one addition to the reference's table.
     assert!(
         o.stdout.contains("--cert-watch "),
         "--help lacks --cert-watch"

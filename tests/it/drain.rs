@@ -334,7 +334,7 @@ async fn drain_timeout_0_turns_the_limit_off_and_waits_for_the_request() {
         .expect("join");
 }
 
-/// SPEC (drain): a keep-alive connection with no request on it is closed at
+/// The drain: a keep-alive connection with no request on it is closed at
 /// once when the drain begins, and does not linger for a client that sends
 /// nothing: the drain ends without waiting for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,10 @@ use crate::support::*;
 
 use tokio::io::AsyncWriteExt;
 
-/// Issue 6: heads whose framing or syntax an upstream could read differently
+/// Heads whose framing or syntax an upstream could read differently
 /// are refused with 400 and a closed connection, and not one byte of them
 /// reaches the upstream. (hyper's parser refuses them before portico sees
-/// them: its plain 400, which SPEC accepts.)
+/// them: its plain 400, which the reference accepts.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_h1_heads_get_400_close_and_never_reach_the_upstream() {
     let rec = Recorder::start().await;
@@ -77,7 +77,7 @@ async fn ambiguous_h1_heads_get_400_close_and_never_reach_the_upstream() {
     }
 }
 
-/// Issue 6: bare LF line endings are tolerated by hyper's parser (RFC 9112
+/// Bare LF line endings are tolerated by hyper's parser (RFC 9112
 /// §2.2 allows it); the request is forwarded once, re-framed with CRLF, its
 /// body by a single Content-Length, and what followed it is a second request
 /// the client sent on its own connection, not bytes smuggled into the first.
@@ -105,7 +105,7 @@ async fn bare_lf_head_is_forwarded_once_in_crlf_form() {
     assert_eq!(rec.request_lines(), ["POST /lf HTTP/1.1"]);
 }
 
-/// Issue 6: chunked bodies with an invalid chunk size (not hex, negative,
+/// Chunked bodies with an invalid chunk size (not hex, negative,
 /// overflowing 64 bits, a bare-LF size line) are cut: the client gets 400 and a
 /// closed connection, the upstream at most the head and the valid chunks
 /// before the bad one, and never the request hidden after it.
@@ -190,7 +190,7 @@ const CL_AND_TE: [&str; 2] = [
     "POST /smuggle HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
 ];
 
-/// SPEC (as amended): `Content-Length` with `Transfer-Encoding` is read by its
+/// `Content-Length` with `Transfer-Encoding` is read by its
 /// chunked framing (hyper's parser drops the length, RFC 9112 §6.3) and the
 /// client connection closes after the answer, so no smuggling is possible. The chunked framing wins, the upstream gets one
 /// request without `Content-Length` carrying exactly the chunked body, and the
@@ -222,9 +222,9 @@ async fn content_length_with_transfer_encoding_is_forwarded_as_chunked() {
     }
 }
 
-/// SPEC: two different `Content-Length` values cannot be forwarded safely.
+/// Two different `Content-Length` values cannot be forwarded safely.
 /// hyper's HTTP/1 parser refuses this head before portico sees it: its plain
-/// 400 (no `Portico-Error`) and a closed connection, which SPEC accepts.
+/// 400 (no `Portico-Error`) and a closed connection, which the reference accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_content_lengths_are_refused_by_the_parser() {
     let up = hello_upstream().await;

@@ -1,13 +1,13 @@
-//! `portico inject` from the outside (SPEC "`portico inject`"): the real
-//! binary on the fixtures in tests/it/inject/, its output compared with the
-//! golden files beside them, validated offline against the Kubernetes schemas
-//! deploy/validate.py uses (tests/it/inject/check.py: 1.30 and the newest the
-//! kubernetes-validate package ships, strict), and injected a second time to
-//! show that nothing changes. Bad input: exit 2, the exact message, nothing on
-//! stdout.
+//! `portico inject` from the outside (docs/reference.md, "`portico
+//! inject`"): the real binary on the fixtures in tests/it/inject/, its output
+//! compared with the golden files beside them, validated offline against the
+//! Kubernetes schemas deploy/validate.py uses (tests/it/inject/check.py: 1.30
+//! and the newest the kubernetes-validate package ships, strict), and injected
+//! a second time to show that nothing changes. Bad input: exit 2, the exact
+//! message, nothing on stdout.
 //!
-//! `PORTICO_BLESS=1 cargo test --test it inject::` rewrites the golden files; read
-//! the diff before committing it.
+//! `PORTICO_BLESS=1 cargo test --test it inject::` rewrites the golden files;
+//! read the diff before committing it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -177,7 +177,7 @@ fn env_of(c: &Value, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Everything SPEC asks of an injected Pod, with the default options, checked
+/// Everything the reference asks of an injected Pod, with the default options, checked
 /// on what a YAML 1.1 reader makes of the output.
 fn assert_injected_native(doc: &Value, app_port: u16, secret: &str) {
     let spec = pod_spec(doc);
@@ -521,7 +521,9 @@ fn inject_reads_several_files_as_one_stream() {
 fn inject_example_in_deploy_validates() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/app.yaml");
     let path = example.to_str().expect("utf-8 path");
-    let (v, stderr) = golden(path, &[], "../../deploy/examples/app.injected.yaml");
+    let app_injected =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/app.injected.yaml");
+    let (v, stderr) = golden(path, &[], app_injected.to_str().expect("utf-8 path"));
     assert_eq!(
         stderr,
         "portico inject: Deployment/shop: injected (native sidecar, app port 8080, Secret shop-tls)\n\

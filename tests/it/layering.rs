@@ -144,7 +144,7 @@ fn imports_point_down_the_request_path_but_for_the_known_back_edges() {
     );
     assert!(
         gone.is_empty(),
-        "back-edges cut: take them off KNOWN in tests/layering.rs: {gone:?}"
+        "back-edges cut: take them off KNOWN in tests/it/layering.rs: {gone:?}"
     );
 }
 

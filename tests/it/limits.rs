@@ -42,7 +42,7 @@ fn dechunk_len(mut b: &[u8]) -> usize {
 // ---------------------------------------------------------------------------
 // --max-requests-in-flight
 
-/// SPEC: past `--max-requests-in-flight`, a request is answered 503
+/// Past `--max-requests-in-flight`, a request is answered 503
 /// `overloaded` at once with `Retry-After: 1`; the requests in flight finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_requests_in_flight_is_503_at_once() {
@@ -121,7 +121,7 @@ async fn past_max_requests_in_flight_is_503_at_once() {
     );
 }
 
-/// SPEC `--max-requests-in-flight` under attack: with 8 slow requests parked,
+/// `--max-requests-in-flight` under attack: with 8 slow requests parked,
 /// every further request, on any route, is a 503 in under 100 ms; once the
 /// slow ones finish, requests succeed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +197,7 @@ async fn past_max_requests_in_flight_503s_are_fast_and_service_recovers() {
 // ---------------------------------------------------------------------------
 // --max-connections
 
-/// SPEC `--max-connections`: past it, accepting pauses. A third TCP connect
+/// `--max-connections`: past it, accepting pauses. A third TCP connect
 /// succeeds in the kernel, but its handshake completes only once one of the
 /// first two closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +238,7 @@ async fn accepting_pauses_at_max_connections() {
     assert_eq!(resp.status, 200);
 }
 
-/// SPEC `--max-connections` under attack: with 20 allowed, one healthy
+/// `--max-connections` under attack: with 20 allowed, one healthy
 /// keep-alive client connected first and 19 attackers holding the rest (plus
 /// 20 more waiting), the healthy client keeps being served within 500 ms; a
 /// new connection waits; once the attackers go, it is served.
@@ -294,7 +294,7 @@ async fn start_with_body_limit_1000() -> (Upstream, Portico) {
     (up, p)
 }
 
-/// SPEC: a declared body over `--max-request-body` gets 413 `body-too-large` at
+/// A declared body over `--max-request-body` gets 413 `body-too-large` at
 /// once (before the body is sent), and the upstream sees no request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_body_over_limit_is_413_at_once() {
@@ -332,7 +332,7 @@ async fn declared_body_over_limit_is_413_at_once() {
     assert_eq!(up.last().body.len(), 1000);
 }
 
-/// SPEC: the 413 `body-too-large` for a declared body reaches an HTTP/2
+/// The 413 `body-too-large` for a declared body reaches an HTTP/2
 /// client still sending that body, and the connection goes on serving (the
 /// stream's request half is then reset, with NO_ERROR as RFC 9113 8.1 asks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +361,7 @@ async fn declared_body_over_limit_is_413_over_h2_while_the_body_is_still_sent() 
     assert_eq!(after.status, 200);
 }
 
-/// SPEC: the 413 `body-too-large` for a declared body reaches a client that
+/// The 413 `body-too-large` for a declared body reaches a client that
 /// sends its whole body anyway before it reads (as curl does without
 /// `Expect`): portico reads and discards what still comes after its answer
 /// (a lingering close, as nginx's `lingering_close`), so its close is no
@@ -483,7 +483,7 @@ async fn lingering_close_of_a_client_that_never_stops_sending_ends_after_10s() {
     );
 }
 
-/// SPEC: a streamed (chunked) body is cut off when it passes
+/// A streamed (chunked) body is cut off when it passes
 /// `--max-request-body`: the client gets 413 `body-too-large`, and the
 /// upstream never receives more than the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,7 +535,7 @@ async fn streamed_body_over_limit_is_cut() {
 // ---------------------------------------------------------------------------
 // --max-header-bytes
 
-/// SPEC: a request head larger than `--max-header-bytes` is 431
+/// A request head larger than `--max-header-bytes` is 431
 /// `headers-too-large` over HTTP/1.1, and is not forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_head_over_h1_is_431() {
@@ -570,7 +570,7 @@ async fn large_head_over_h1_is_431() {
     );
 }
 
-/// SPEC: the same over HTTP/2: 431 `headers-too-large` with `Portico-Error`,
+/// The same over HTTP/2: 431 `headers-too-large` with `Portico-Error`,
 /// not forwarded; the connection serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_head_over_h2_is_431() {

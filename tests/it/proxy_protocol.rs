@@ -1,7 +1,8 @@
-//! SPEC `--proxy-protocol` and `--proxy-protocol-from`: the real binary behind
+//! `--proxy-protocol` and `--proxy-protocol-from`: the real binary behind
 //! a hand-written PROXY v1/v2 header on a real socket, a real TLS client after
 //! it, a real upstream that records what it was told, the access log and the
 //! DEBUG reasons read from portico's JSON log, the counters from `/metrics`.
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -2,6 +2,7 @@
 //! what portico does: every long option and environment variable that
 //! `portico --help` (and each subcommand's `--help`) prints, every metric family
 //! of a real `/metrics` scrape, and every `Portico-Error` kind with its status.
+
 use crate::support::*;
 
 use std::collections::BTreeSet;
@@ -98,7 +99,7 @@ fn every_option_and_environment_variable_in_help_is_in_the_reference() {
         options.extend(long_options(&h));
         vars.extend(env_vars(&h));
     }
-    // Sanity: the parse found the options SPEC has always had.
+    // Sanity: the parse found the options portico has always had.
     for o in [
         "--listen",
         "--tls-dir",

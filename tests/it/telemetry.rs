@@ -334,7 +334,7 @@ async fn get_on(tls: tokio_rustls::client::TlsStream<TcpStream>, path: &str) -> 
     collect(resp).await.status
 }
 
-/// SPEC `--access-log`: each line names the connection's TLS version and SNI,
+/// `--access-log`: each line names the connection's TLS version and SNI,
 /// for a full handshake, a resumed one (no certificate is chosen then) and a
 /// client that sent no SNI (`-`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

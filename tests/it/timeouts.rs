@@ -19,7 +19,7 @@ use tokio::net::{TcpSocket, TcpStream};
 // ---------------------------------------------------------------------------
 // --handshake-timeout and --header-read-timeout
 
-/// SPEC `--handshake-timeout`: a TCP connection that never starts its TLS
+/// `--handshake-timeout`: a TCP connection that never starts its TLS
 /// handshake is closed, and counted as a failed handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tcp_client_is_closed_after_handshake_timeout() {
@@ -75,7 +75,7 @@ async fn silent_tcp_connections_do_not_slow_a_healthy_client() {
     assert_failed_handshakes(&p, 100.0).await;
 }
 
-/// SPEC `--header-read-timeout` runs from the first byte of a head to its end:
+/// `--header-read-timeout` runs from the first byte of a head to its end:
 /// a slowloris trickling one header byte every 100ms is closed anyway, and the
 /// upstream never sees a request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +109,7 @@ async fn slowloris_is_closed_after_header_read_timeout() {
     assert_eq!(up.count(), 0, "the upstream never got a request");
 }
 
-/// SPEC `--header-read-timeout` on a new connection runs from the end of the
+/// `--header-read-timeout` on a new connection runs from the end of the
 /// handshake: a client that sends nothing after it is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tls_client_is_closed_after_header_read_timeout() {
@@ -132,7 +132,7 @@ async fn silent_tls_client_is_closed_after_header_read_timeout() {
 // ---------------------------------------------------------------------------
 // --idle-timeout
 
-/// SPEC `--idle-timeout`: a keep-alive connection with nothing in flight and no
+/// `--idle-timeout`: a keep-alive connection with nothing in flight and no
 /// byte of a next request is closed after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_h1_connection_is_closed_after_idle_timeout() {
@@ -154,7 +154,7 @@ async fn idle_h1_connection_is_closed_after_idle_timeout() {
     assert_between(took, MS(450), MS(2000), "idle timeout");
 }
 
-/// SPEC `--idle-timeout` only counts idle time: a connection sending a request
+/// `--idle-timeout` only counts idle time: a connection sending a request
 /// every 200ms for 2s (4x the timeout) stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_h1_connection_outlives_idle_timeout() {
@@ -187,7 +187,7 @@ async fn busy_h1_connection_outlives_idle_timeout() {
     );
 }
 
-/// SPEC `--idle-timeout` over HTTP/2: after its request, an idle connection is
+/// `--idle-timeout` over HTTP/2: after its request, an idle connection is
 /// sent GOAWAY and closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_h2_connection_is_closed_after_idle_timeout() {
@@ -231,7 +231,7 @@ async fn idle_h2_connection_is_closed_after_idle_timeout() {
 // ---------------------------------------------------------------------------
 // --request-timeout
 
-/// SPEC `--request-timeout` runs "from the complete request (head, and body if
+/// `--request-timeout` runs "from the complete request (head, and body if
 /// any, forwarded)": a body the client sends over longer than the timeout is
 /// not cut by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,7 +322,7 @@ async fn request_timeout_starts_after_an_upstream_reads_the_body() {
 // ---------------------------------------------------------------------------
 // --body-timeout
 
-/// SPEC `--body-timeout`: a response body that stalls is cut; the client sees
+/// `--body-timeout`: a response body that stalls is cut; the client sees
 /// the body fail, and the upstream connection is closed too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_response_body_is_cut_after_body_timeout() {
@@ -390,7 +390,7 @@ async fn stalled_response_body_is_cut_after_body_timeout() {
     );
 }
 
-/// SPEC `--body-timeout`: a request body that stalls is cut: the client's
+/// `--body-timeout`: a request body that stalls is cut: the client's
 /// connection and the upstream's are closed (the client first gets portico's
 /// 400 `bad-request`, since no response head had been sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

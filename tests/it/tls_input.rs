@@ -453,7 +453,7 @@ async fn requests_split_over_one_byte_records_or_sharing_a_record_are_read_whole
     assert_eq!(up.count(), 3);
 }
 
-/// SPEC "TLS": a TLS 1.3 record longer than RFC 8446 allows once its padding
+/// A TLS 1.3 record longer than RFC 8446 allows once its padding
 /// is counted (content, type and padding past 2^14 + 1 bytes) is answered
 /// `record_overflow` and the connection closed, and what it carried never
 /// reaches the upstream. One byte less is the largest allowed, and served.
@@ -520,7 +520,7 @@ async fn client_key_updates_between_requests_keep_the_connection_serving() {
     assert_eq!(up.count(), 4);
 }
 
-/// SPEC "TLS": a KeyUpdate asking for an update that arrives in the same TCP
+/// A KeyUpdate asking for an update that arrives in the same TCP
 /// segment as the client's Finished is handled like any other: rustls
 /// answers it and switches its key, and the next request gets its answer
 /// under the new key. Ten connections, each checked.
@@ -666,7 +666,7 @@ async fn slow_upstream() -> Upstream {
     .await
 }
 
-/// SPEC "TLS": a KeyUpdate flood. A TLS 1.3 client with a slow request in
+/// A KeyUpdate flood. A TLS 1.3 client with a slow request in
 /// flight sends 1,000 KeyUpdates asking for an update and reads nothing.
 /// rustls allows 32 without application data between them: the connection is
 /// closed, portico's memory stays put (under 2 MiB more), and a well-behaved
@@ -805,7 +805,7 @@ async fn tls12_renegotiation_attempt_gets_no_second_handshake() {
     assert_eq!(p.get("/after").await.status, 200, "portico still serves");
 }
 
-/// SPEC "TLS": a second TLS 1.2 renegotiation attempt ends the connection.
+/// A second TLS 1.2 renegotiation attempt ends the connection.
 /// The first encrypted ClientHello gets the `no_renegotiation` warning and
 /// the connection lives on; the second closes it. A client sending them in a
 /// loop without reading is closed too, and portico's memory stays put.

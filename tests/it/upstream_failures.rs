@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 // ---------------------------------------------------------------------------
 // 502
 
-/// SPEC: 502 `connect-refused` when the upstream refused the connection, and it
+/// 502 `connect-refused` when the upstream refused the connection, and it
 /// is counted in `portico_upstream_errors_total{route,kind}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_refused_is_502_and_counted() {
@@ -48,7 +48,7 @@ async fn connect_refused_is_502_and_counted() {
     );
 }
 
-/// SPEC: 502 `connect-failed` for any other connect error (a Unix socket that
+/// 502 `connect-failed` for any other connect error (a Unix socket that
 /// does not exist); the body does not name the socket path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_unix_socket_is_502_connect_failed() {
@@ -66,7 +66,7 @@ async fn missing_unix_socket_is_502_connect_failed() {
     );
 }
 
-/// SPEC: 502 `upstream-reset` when the upstream closes before a complete
+/// 502 `upstream-reset` when the upstream closes before a complete
 /// response head: here it reads the whole request, then closes without a byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_without_answer_is_502_upstream_reset() {
@@ -97,7 +97,7 @@ async fn upstream_closing_without_answer_is_502_upstream_reset() {
     );
 }
 
-/// SPEC: 502 `upstream-reset` when the upstream sends half a response head and
+/// 502 `upstream-reset` when the upstream sends half a response head and
 /// closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_mid_head_is_502_upstream_reset() {
@@ -113,7 +113,7 @@ async fn upstream_closing_mid_head_is_502_upstream_reset() {
     assert_answer(&got, 502, "upstream-reset", &[]);
 }
 
-/// SPEC 502 `upstream-reset`: an upstream that answers `100 Continue`, then
+/// 502 `upstream-reset`: an upstream that answers `100 Continue`, then
 /// dies before a final response head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_sending_100_continue_then_dying_is_502_upstream_reset() {
@@ -136,7 +136,7 @@ async fn upstream_sending_100_continue_then_dying_is_502_upstream_reset() {
     assert!(started.elapsed() < MS(2000), "{:?}", started.elapsed());
 }
 
-/// SPEC: 502 `bad-upstream-response` when the upstream sends something that is
+/// 502 `bad-upstream-response` when the upstream sends something that is
 /// not HTTP: a line of garbage, and a status line with no valid status code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_http_from_upstream_is_502_bad_upstream_response() {
@@ -189,7 +189,7 @@ async fn answer_to_upstream_bytes(bytes: String, hold: Duration) -> (Got, Durati
     (got, started.elapsed())
 }
 
-/// SPEC 502 `bad-upstream-response`: an upstream that sends a huge header
+/// 502 `bad-upstream-response`: an upstream that sends a huge header
 /// block (200 KiB in 2,000 lines; and a single 2 MiB header, far past the
 /// 64 KiB portico reads) gets a prompt 502, not a hang, though it holds its
 /// connection open.
@@ -222,7 +222,7 @@ async fn upstream_sending_a_huge_header_block_is_502_bad_upstream_response() {
 /// portico reads an upstream in steps of at most 64 KiB, which bounds the
 /// buffer an idle pooled connection keeps and the response head it takes
 /// (a read may land up to twice that): a 60 KiB header reaches the client
-/// intact, a 256 KiB one is SPEC's 502 `bad-upstream-response`.
+/// intact, a 256 KiB one is portico's 502 `bad-upstream-response`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502() {
     for (kib, status) in [(60usize, 200u16), (256, 502)] {
@@ -242,7 +242,7 @@ async fn upstream_response_head_of_60kib_is_forwarded_and_one_of_256kib_is_502()
     }
 }
 
-/// SPEC 502 `bad-upstream-response`: a response head whose framing cannot be
+/// 502 `bad-upstream-response`: a response head whose framing cannot be
 /// trusted (two different `Content-Length`s, one that is not a number) is
 /// refused, never forwarded with a guessed length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +291,7 @@ async fn hanging_listener() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStre
     (addr, listener, fillers)
 }
 
-/// SPEC: 504 `connect-timeout` when `--connect-timeout` passes.
+/// 504 `connect-timeout` when `--connect-timeout` passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_connect_is_504_connect_timeout() {
     let (addr, _listener, _fillers) = hanging_listener().await;
@@ -314,7 +314,7 @@ async fn hanging_connect_is_504_connect_timeout() {
     );
 }
 
-/// SPEC: 504 `upstream-timeout` when the upstream accepts, reads the request and
+/// 504 `upstream-timeout` when the upstream accepts, reads the request and
 /// never answers within `--request-timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_upstream_is_504_upstream_timeout() {

@@ -41,7 +41,7 @@ impl From<&RawResp> for Answer {
     }
 }
 
-/// SPEC: each answer carries `Portico-Error: KIND` and a one-line `text/plain`
+/// Each answer carries `Portico-Error: KIND` and a one-line `text/plain`
 /// body that names no internal address.
 #[track_caller]
 pub fn assert_answer(a: impl Into<Answer>, status: u16, kind: &str, secrets: &[&str]) -> Answer {
