@@ -91,6 +91,7 @@ pub struct Pki {
 }
 
 impl Pki {
+    /// A CA named `name`.
     pub fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -154,6 +155,7 @@ impl Pki {
         }
     }
 
+    /// A root store holding this CA alone.
     pub fn roots(&self) -> RootCertStore {
         let mut r = RootCertStore::empty();
         r.add(self.ca_der.clone()).expect("root");
@@ -241,14 +243,17 @@ pub struct Got {
 }
 
 impl Got {
+    /// The first value of header `name`, if it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+    /// The body, as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
+/// Reads a whole response: head, body and trailers.
 pub async fn collect(resp: Response<Incoming>) -> Got {
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await.expect("body");
@@ -345,9 +350,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Its `http://` URL, for `--upstream`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+    /// The last request it saw.
     pub fn last(&self) -> Seen {
         self.seen
             .lock()
@@ -356,6 +363,7 @@ impl Upstream {
             .cloned()
             .expect("a request reached the upstream")
     }
+    /// How many requests it saw.
     pub fn count(&self) -> usize {
         self.seen.lock().expect("lock").len()
     }
@@ -499,18 +507,23 @@ pub struct Portico {
 }
 
 impl Portico {
+    /// Roots that trust the test CA.
     pub fn roots(&self) -> RootCertStore {
         self.pki.roots()
     }
+    /// `GET path` over a fresh HTTP/1.1 connection.
     pub async fn get(&self, path: &str) -> Got {
         get(self.tls_addr, self.roots(), path).await
     }
+    /// An HTTP/1.1 connection.
     pub async fn h1(&self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
         h1(self.tls_addr, self.roots()).await
     }
+    /// An HTTP/2 connection.
     pub async fn h2(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
         h2(self.tls_addr, self.roots()).await
     }
+    /// The metrics as `/metrics` would serve them.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()
     }
@@ -598,6 +611,7 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Got {
     plain_request(addr, http::Method::GET, path).await
 }
 
+/// A request without a body on a fresh plain HTTP/1.1 connection.
 pub async fn plain_request(addr: SocketAddr, method: http::Method, path: &str) -> Got {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -787,6 +801,7 @@ pub struct Bin {
 }
 
 impl Bin {
+    /// Starts the binary in front of `upstream`, with `extra` arguments.
     pub async fn start(upstream: &str, extra: &[&str]) -> Bin {
         let shared = shared().await;
         init();
@@ -842,6 +857,7 @@ impl Bin {
         }
     }
 
+    /// Sends `sig` (e.g. `-TERM`) with kill(1).
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();
         let st = std::process::Command::new("kill")
@@ -859,10 +875,12 @@ impl Bin {
         }
     }
 
+    /// What it has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// An HTTP/1.1 connection.
     pub async fn h1(&self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
         h1(self.tls, self.roots.clone()).await
     }

@@ -26,6 +26,7 @@ pub struct RawResp {
 }
 
 impl RawResp {
+    /// The first value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -223,6 +224,7 @@ impl RawUpstream {
         .await
     }
 
+    /// Its `http://` URL, for `--upstream`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -246,6 +248,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Listens on 127.0.0.1:0 and records.
     pub async fn start() -> Self {
         let conns: Received = Arc::default();
         let c = conns.clone();
@@ -279,6 +282,7 @@ impl Recorder {
         Self { up, conns }
     }
 
+    /// Its `http://` URL, for `--upstream`.
     pub fn url(&self) -> String {
         self.up.url()
     }
