@@ -21,6 +21,7 @@ mod inject;
 mod layering;
 mod limits;
 mod memory;
+mod options;
 mod proxy_protocol;
 mod proxying;
 mod reference;

@@ -3,16 +3,15 @@
 //! `PORTICO_*` variable and from its TOML key; `--help` shows every row; names
 //! the table lacks are refused (flags, keys) or ignored (variables) as they
 //! always were; and a start-up error about a file names the option that gave it.
-mod support;
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::support::Pki;
 use portico::app::{self, StartError};
 use portico::config::{ArgsError, Config, Mode, OptionSpec, OPTIONS};
-use support::Pki;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -608,7 +607,7 @@ fn load_error(args: &[&str]) -> &'static str {
 
 #[test]
 fn a_bad_file_names_the_option_that_gave_it() {
-    support::init();
+    crate::support::init();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new("options test CA");
     let (a_crt, a_key) = pki
