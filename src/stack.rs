@@ -9,8 +9,9 @@
 //!    waiter per refused connection, which later holds a permit while idle, so
 //!    this takes a permit only if one is free right now.
 //! 3. [`Proxy`]: framing and size checks, header rules, the upstream call with
-//!    `--request-timeout`, upgrades, and the one place upstream failures turn
-//!    into SPEC answers. Its error type is `Infallible`: nothing reaches hyper
+//!    `--request-timeout`, upgrades, and the one place a failed exchange
+//!    becomes portico's own response ([`crate::error::classify`] names its
+//!    kind). Its error type is `Infallible`: nothing reaches hyper
 //!    unanswered.
 
 pub mod body;
@@ -32,13 +33,13 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::Config;
-use crate::error::{Answered, ErrorKind};
+use crate::error::{classify, ErrorKind, ExchangeError, OwnAnswer, Refusal};
 use crate::routing::{host_without_port, RouteTable};
 use crate::server::ConnActivity;
 use crate::shutdown::Drain;
 use crate::telemetry::{CodeCounters, Metrics, RouteKind};
 use crate::tls::ConnInfo;
-use crate::upstream::{classify_error, H1Response, SendError, Sender, Upstream};
+use crate::upstream::{Sender, Upstream, UpstreamResponse};
 use body::{OnDone, ReqBody, ReqProgress, RespBody};
 
 /// Everything the stack shares across connections.
@@ -49,7 +50,7 @@ pub struct Shared {
     /// The route table.
     pub routes: RouteTable,
     /// Upstream clients by route id (the default route last).
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Vec<Arc<Upstream<ReqBody>>>,
     /// Route names by route id.
     pub route_names: Vec<Arc<str>>,
     /// Latency histograms by route id.
@@ -68,7 +69,7 @@ impl Shared {
     /// Builds the shared state: one upstream client per distinct address.
     pub fn new(cfg: Config, metrics: Arc<Metrics>, drain: Arc<Drain>) -> Self {
         let routes = RouteTable::new(cfg.upstream.clone(), cfg.routes.clone());
-        let mut by_addr: Vec<Arc<Upstream>> = Vec::new();
+        let mut by_addr: Vec<Arc<Upstream<ReqBody>>> = Vec::new();
         let mut upstreams = Vec::new();
         let mut route_names = Vec::new();
         let mut route_hist = Vec::new();
@@ -324,7 +325,7 @@ where
         let mut id = finish.request_id.clone();
         id.set_sensitive(true);
         resp.headers_mut().insert(&headers::X_REQUEST_ID, id);
-        let kind = resp.extensions().get::<Answered>().map(|a| a.0);
+        let kind = resp.extensions().get::<OwnAnswer>().map(|a| a.0);
         let route = finish.route;
         {
             let shared = &finish.guard.shared;
@@ -416,7 +417,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Ok(answer(ErrorKind::Overloaded, false)));
+            return Poll::Ready(Ok(own_response(&Refusal::Overloaded.into(), false)));
         };
         let Ok(mut resp) = ready!(Pin::new(inner).poll(cx));
         if let Some(permit) = self.permit.take() {
@@ -426,14 +427,16 @@ where
     }
 }
 
-/// portico's own answer, tagged for the log and metrics.
-fn answer(kind: ErrorKind, h1: bool) -> Response<RespBody> {
+/// portico's own response to a request that failed with `e`, tagged with its
+/// kind for the log and metrics.
+fn own_response(e: &ExchangeError, h1: bool) -> Response<RespBody> {
+    let kind = classify(e);
     let mut resp: Response<RespBody> = kind.response();
     if h1 && kind.closes_connection() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp.extensions_mut().insert(Answered(kind));
+    resp.extensions_mut().insert(OwnAnswer(kind));
     resp
 }
 
@@ -459,7 +462,7 @@ impl Service<Routed> for Proxy {
         // exchange's state.
         match prepare(&self.shared, &self.conn, r) {
             Ok(x) => ProxyFuture::Exchange(Box::pin(exchange(self.shared.clone(), x))),
-            Err(answer) => ProxyFuture::Answered(Some(answer)),
+            Err(own) => ProxyFuture::Refused(Some(own)),
         }
     }
 }
@@ -469,8 +472,8 @@ impl Service<Routed> for Proxy {
 pub enum ProxyFuture {
     /// Waiting for the upstream.
     Exchange(ExchangeFut),
-    /// Refused before it was sent.
-    Answered(Option<Box<Response<RespBody>>>),
+    /// Refused before it was sent: portico's own response.
+    Refused(Option<Box<Response<RespBody>>>),
 }
 
 impl Future for ProxyFuture {
@@ -479,7 +482,7 @@ impl Future for ProxyFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
             ProxyFuture::Exchange(f) => f.as_mut().poll(cx).map(Ok),
-            ProxyFuture::Answered(a) => match a.take() {
+            ProxyFuture::Refused(a) => match a.take() {
                 Some(a) => Poll::Ready(Ok(*a)),
                 // hyper does not poll an answered request's future again.
                 None => Poll::Pending,
@@ -489,7 +492,7 @@ impl Future for ProxyFuture {
 }
 
 /// Why a request must not be forwarded as it is, before anything is sent.
-fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<ErrorKind> {
+fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<Refusal> {
     // Userinfo in the target or :authority is an error (RFC 9110 §4.2.4, RFC
     // 9113 §8.3.1). Routing reads only the host, so forwarding `user@host` as
     // `Host` would let the upstream read another host than the one routed on.
@@ -498,7 +501,7 @@ fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<ErrorKind> {
         .authority()
         .is_some_and(|a| a.as_str().contains('@'))
     {
-        return Some(ErrorKind::BadRequest);
+        return Some(Refusal::Userinfo);
     }
     // Ambiguous HTTP/1 framing never gets here: hyper's parser refuses two
     // different Content-Lengths (its plain 400) and, for Content-Length with
@@ -511,7 +514,7 @@ fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<ErrorKind> {
         + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
         + 11;
     if headers::head_size(h, line) > cfg.max_header_bytes {
-        return Some(ErrorKind::HeadersTooLarge);
+        return Some(Refusal::HeadersTooLarge);
     }
     if cfg.max_request_body > 0 {
         let declared = h
@@ -519,7 +522,7 @@ fn refuse(req: &Request<Incoming>, cfg: &Config) -> Option<ErrorKind> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > cfg.max_request_body) {
-            return Some(ErrorKind::BodyTooLarge);
+            return Some(Refusal::BodyTooLarge);
         }
     }
     None
@@ -538,7 +541,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 
 /// A request sent to its upstream, and what its answer needs.
 struct Exchange {
-    upstream: Arc<Upstream>,
+    upstream: Arc<Upstream<ReqBody>>,
     route: usize,
     h1: bool,
     progress: Option<Arc<ReqProgress>>,
@@ -563,8 +566,8 @@ fn prepare(
         progress,
         start,
     } = r;
-    if let Some(kind) = refuse(&req, cfg) {
-        return Err(Box::new(answer(kind, h1)));
+    if let Some(r) = refuse(&req, cfg) {
+        return Err(Box::new(own_response(&r.into(), h1)));
     }
     let upstream = shared.upstreams[route].clone();
 
@@ -621,7 +624,8 @@ fn prepare(
 }
 
 /// Sends the request and waits for the upstream's answer within
-/// `--request-timeout`; [`answered`] makes the client's response of it.
+/// `--request-timeout`; [`client_response`] makes the client's response of
+/// it.
 ///
 /// This future is moved into a box per request, so all its room is copied
 /// each time; it is kept small. Not an `async fn`: one would move `x` into a
@@ -651,12 +655,10 @@ fn exchange(shared: Arc<Shared>, x: Exchange) -> impl Future<Output = Response<R
             }
             Sender::H2(h2) => {
                 let mut send = Box::pin(h2.send(x.req));
-                within(send.as_mut(), &shared.cfg, &x.progress, x.start)
-                    .await
-                    .map(|r| (r, None))
+                within(send.as_mut(), &shared.cfg, &x.progress, x.start).await
             }
         };
-        answered(
+        client_response(
             &shared,
             &x.upstream,
             x.route,
@@ -667,26 +669,29 @@ fn exchange(shared: Arc<Shared>, x: Exchange) -> impl Future<Output = Response<R
     }
 }
 
-/// The upstream's answer turned into the client's: a failure into portico's
-/// answer, a `101` into a spawned join of the upgrade's two sides.
-fn answered(
+/// The upstream's answer turned into the client's response: a failure into
+/// portico's own, a `101` into a spawned join of the upgrade's two sides.
+fn client_response(
     shared: &Shared,
-    upstream: &Upstream,
+    upstream: &Upstream<ReqBody>,
     route: usize,
     h1: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    result: Result<H1Response, Option<SendError>>,
+    result: Result<UpstreamResponse<ReqBody>, ExchangeError>,
 ) -> Response<RespBody> {
     let cfg = &shared.cfg;
-    let (mut resp, reuse) = match result {
+    let UpstreamResponse {
+        response: mut resp,
+        check_in,
+    } = match result {
         Ok(r) => r,
-        Err(None) => {
+        Err(e @ ExchangeError::Timeout { .. }) => {
             tracing::warn!(upstream = %upstream.addr, route = %shared.route_names[route],
                 "upstream did not answer within --request-timeout");
-            return answer(ErrorKind::UpstreamTimeout, h1);
+            return own_response(&e, h1);
         }
-        Err(Some(e)) => {
-            let kind = classify_error(&e);
+        Err(e) => {
+            let kind = classify(&e);
             let detail = error_chain(&e);
             if kind.is_upstream() {
                 tracing::warn!(upstream = %upstream.addr, route = %shared.route_names[route],
@@ -695,7 +700,7 @@ fn answered(
                 tracing::info!(route = %shared.route_names[route], kind = kind.as_str(),
                     error = %detail, "request refused");
             }
-            return answer(kind, h1);
+            return own_response(&e, h1);
         }
     };
 
@@ -719,7 +724,7 @@ fn answered(
                     }
                 });
             }
-            None => return answer(ErrorKind::BadUpstreamResponse, h1),
+            None => return own_response(&ExchangeError::UnaskedUpgrade, h1),
         }
     }
     let (mut parts, body) = resp.into_parts();
@@ -735,28 +740,32 @@ fn answered(
     } else {
         cfg.body_timeout
     };
-    let reuse = if switching || doubtful { None } else { reuse };
-    Response::from_parts(parts, RespBody::upstream(body, body_timeout, reuse))
+    let check_in = if switching || doubtful {
+        None
+    } else {
+        check_in
+    };
+    Response::from_parts(parts, RespBody::upstream(body, body_timeout, check_in))
 }
 
 /// Waits for `send` within `--request-timeout`, counted from the end of the
-/// request body when it has one; `Err(None)` when that passes.
+/// request body when it has one.
 async fn within<T>(
-    mut send: Pin<&mut impl Future<Output = Result<T, SendError>>>,
+    mut send: Pin<&mut impl Future<Output = Result<T, ExchangeError>>>,
     cfg: &Config,
     progress: &Option<Arc<ReqProgress>>,
     start: Instant,
-) -> Result<T, Option<SendError>> {
+) -> Result<T, ExchangeError> {
     match (cfg.request_timeout, progress) {
-        (t, _) if t.is_zero() => send.await.map_err(Some),
+        (t, _) if t.is_zero() => send.await,
         (t, None) => match tokio::time::timeout_at(start + t, send).await {
-            Ok(r) => r.map_err(Some),
-            Err(_) => Err(None),
+            Ok(r) => r,
+            Err(_) => Err(ExchangeError::Timeout { after: t }),
         },
         (t, Some(p)) => {
             tokio::select! {
-                r = &mut send => r.map_err(Some),
-                _ = timeout_after_body(p, t) => Err(None),
+                r = &mut send => r,
+                _ = timeout_after_body(p, t) => Err(ExchangeError::Timeout { after: t }),
             }
         }
     }
