@@ -49,13 +49,6 @@ const KNOWN: &[(&str, &str)] = &[
     // The reloader (certs/reload.rs) swaps the client policy into the
     // TlsAcceptor: it belongs beside the path (with app), not under tls.
     ("certs", "tls"),
-    // config holds types of the stages it configures (SanPattern, Cidr,
-    // Route, UpstreamAddr, InjectArgs): they move to leaves, or config keeps
-    // plain values the stages parse.
-    ("config", "inject"),
-    ("config", "proxy_protocol"),
-    ("config", "routing"),
-    ("config", "tls"),
 ];
 
 /// The edges that break the rule, sorted.
