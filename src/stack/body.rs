@@ -25,9 +25,8 @@ use crate::upstream::{CheckIn, UpstreamBody};
 /// The wait is timed from the first `Pending` after the last progress, so a
 /// body that never waits (most small ones) never reads the clock (two reads
 /// per request; `upstream/pool.rs`'s `coarse_now` says why they count). A
-/// body that hyper
-/// did not poll for a while (the peer was not taking what it had) is not
-/// counted as idle for that while.
+/// body that hyper did not poll for a while (the peer was not taking what it
+/// had) is not counted as idle for that while.
 struct IdleTimer {
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
