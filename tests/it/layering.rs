@@ -46,9 +46,6 @@ const KNOWN: &[(&str, &str)] = &[
     // The HTTP server takes tls's TlsStream and its lingering close: server
     // generic over its stream (a trait for the close), ConnInfo in `conn`.
     ("server", "tls"),
-    // upstream takes the stack's body type: make upstream generic over its
-    // body, or own the body type the stack hands it.
-    ("upstream", "stack"),
     // The reloader (certs/reload.rs) swaps the client policy into the
     // TlsAcceptor: it belongs beside the path (with app), not under tls.
     ("certs", "tls"),
