@@ -32,12 +32,11 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::config::Config;
+use crate::conn::{ConnActivity, ConnInfo};
 use crate::error::{Answered, ErrorKind};
 use crate::routing::{host_without_port, RouteTable};
-use crate::server::ConnActivity;
 use crate::shutdown::Drain;
 use crate::telemetry::{CodeCounters, Metrics, RouteKind};
-use crate::tls::ConnInfo;
 use crate::upstream::{classify_error, H1Response, SendError, Sender, Upstream};
 use body::{OnDone, ReqBody, ReqProgress, RespBody};
 

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use crate::server::ConnActivity;
+use crate::conn::ConnActivity;
 use crate::upstream::{Reuse, UpstreamBody};
 
 /// An error a body wrapper raises itself.
