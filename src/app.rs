@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
-use crate::certs::{self, CertStore};
-use crate::config::Config;
+use crate::certs::{self, CertStore, LoadError};
+use crate::config::{Config, Opt};
 use crate::listener;
 use crate::readiness::{self, Readiness};
 use crate::reload::{self, Reloader};
@@ -21,20 +21,48 @@ use crate::tls::{self, ClientPolicy, TlsAcceptor};
 /// Why portico cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// Invalid configuration or certificate material: exit 2.
-    #[error("{0}")]
-    Config(String),
-    /// Anything else (an address in use): exit 1.
+    /// An option's value, or a file it names, does not hold: exit 2.
+    #[error("--{option}: {message}")]
+    Option {
+        /// The option, without dashes.
+        option: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A listener's address cannot be bound (in use, not this host's): exit 1.
+    #[error("--{option}: cannot listen on {addr}: {error}")]
+    Listen {
+        /// The option that gave the address.
+        option: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// Anything else: exit 1.
     #[error("{0}")]
     Fatal(String),
 }
 
 impl StartError {
-    /// The process exit code SPEC gives this error.
+    /// The process exit code the reference gives this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Config(_) => 2,
-            Self::Fatal(_) => 1,
+            Self::Option { .. } => 2,
+            Self::Listen { .. } | Self::Fatal(_) => 1,
+        }
+    }
+}
+
+impl From<LoadError> for StartError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Source { option, error } => Self::Option {
+                option,
+                message: error.to_string(),
+            },
+            LoadError::SelfSigned(e) => Self::Fatal(e.to_string()),
         }
     }
 }
@@ -65,26 +93,24 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-/// Loads every certificate and the client CA; errors name the file.
+/// Loads every certificate and the client CA; errors name the option and the file.
 pub fn load(cfg: &Config) -> Result<Loaded, StartError> {
     let provider = tls::provider();
-    let (store, warnings) = CertStore::load(&cfg.certs, &provider).map_err(|e| {
-        let at = e.path();
-        let option = cfg
-            .certs
-            .iter()
-            .find_map(|c| match c.option {
-                "tls-cert" if c.key == at => Some("tls-key"),
-                o if c.cert == at || c.key == at => Some(o),
-                _ => None,
-            })
-            .unwrap_or("tls-cert");
-        StartError::Config(format!("--{option}: {e}"))
-    })?;
+    let (store, warnings) = CertStore::load(&cfg.certs, &provider)?;
     let store = Arc::new(store);
     let policy = ClientPolicy::from_config(cfg);
+    // The bundle is read and checked here, where it is known to be
+    // --client-ca's, so that anything wrong with it names that option; the
+    // acceptor reads it again, and fails for nothing the configuration holds.
+    if let Some(p) = &policy {
+        p.verifier(&provider)
+            .map_err(|message| StartError::Option {
+                option: Opt::ClientCa.name(),
+                message,
+            })?;
+    }
     let tls = TlsAcceptor::new(store.clone(), policy.as_ref(), cfg.tls13_only, provider)
-        .map_err(|e| StartError::Config(format!("--client-ca: {e}")))?;
+        .map_err(|e| StartError::Fatal(format!("cannot set up TLS: {e}")))?;
     Ok(Loaded {
         store,
         tls: Arc::new(tls),
@@ -111,10 +137,14 @@ pub struct App {
     shared: Arc<Shared>,
 }
 
-async fn bind(addr: SocketAddr, option: &str) -> Result<TcpListener, StartError> {
+async fn bind(addr: SocketAddr, opt: Opt) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| StartError::Fatal(format!("--{option}: cannot listen on {addr}: {e}")))
+        .map_err(|error| StartError::Listen {
+            option: opt.name(),
+            addr,
+            error,
+        })
 }
 
 /// Loads certificates, binds every socket and starts serving.
@@ -137,18 +167,18 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
             .set(c.not_after);
     }
 
-    let tls_listener = bind(cfg.listen, "listen").await?;
+    let tls_listener = bind(cfg.listen, Opt::Listen).await?;
     let admin_listener = match cfg.admin_listen {
-        Some(a) => Some(bind(a, "admin-listen").await?),
+        Some(a) => Some(bind(a, Opt::AdminListen).await?),
         None => None,
     };
     let redirect_listener = match cfg.redirect_listen {
-        Some(a) => Some(bind(a, "redirect-listen").await?),
+        Some(a) => Some(bind(a, Opt::RedirectListen).await?),
         None => None,
     };
     let tls_addr = tls_listener
         .local_addr()
-        .map_err(|e| StartError::Fatal(format!("--listen: {e}")))?;
+        .map_err(|e| StartError::Fatal(format!("--{}: {e}", Opt::Listen.name())))?;
 
     let drain = Arc::new(Drain::default());
     let shared = Arc::new(Shared::new(cfg.clone(), metrics.clone(), drain.clone()));

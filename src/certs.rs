@@ -12,7 +12,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::CertSource;
-pub use load::{CertError, LoadedCert};
+pub use load::{CertError, LoadedCert, PairFile};
 
 /// One configured certificate source and the pair it serves now.
 #[derive(Debug)]
@@ -29,6 +29,23 @@ pub struct CertStore {
     slots: Vec<Slot>,
 }
 
+/// Why the certificates could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A configured pair: the option that named the file at fault, and why.
+    #[error("--{option}: {error}")]
+    Source {
+        /// `tls-cert`, `tls-key` or `tls-dir`.
+        option: &'static str,
+        /// What is wrong with the file.
+        #[source]
+        error: CertError,
+    },
+    /// The self-signed default could not be made.
+    #[error("{0}")]
+    SelfSigned(#[source] CertError),
+}
+
 /// What loading at start found wrong but serves anyway (SPEC: an expired leaf
 /// that is all there is keeps serving), for an ERROR line at start and `check`.
 pub type StartWarnings = Vec<String>;
@@ -38,12 +55,18 @@ impl CertStore {
     pub fn load(
         sources: &[CertSource],
         provider: &CryptoProvider,
-    ) -> Result<(Self, StartWarnings), CertError> {
+    ) -> Result<(Self, StartWarnings), LoadError> {
         let now = load::unix_now();
         let mut slots = Vec::new();
         let mut warnings = Vec::new();
         for src in sources {
-            let loaded = load::load_pair(&src.cert, &src.key, provider)?;
+            let loaded = load::load_pair(&src.cert, &src.key, provider).map_err(|error| {
+                let option = match error.file() {
+                    PairFile::Cert => src.option,
+                    PairFile::Key => src.key_option(),
+                };
+                LoadError::Source { option, error }
+            })?;
             if let Some(problem) = loaded.validity_problem(now) {
                 warnings.push(format!(
                     "{} ({}): {problem}",
@@ -59,7 +82,9 @@ impl CertStore {
         if slots.is_empty() {
             slots.push(Slot {
                 source: None,
-                current: ArcSwap::from_pointee(self_signed::generate(provider)?),
+                current: ArcSwap::from_pointee(
+                    self_signed::generate(provider).map_err(LoadError::SelfSigned)?,
+                ),
             });
         }
         Ok((Self { slots }, warnings))

@@ -2,7 +2,11 @@
 //! file, then the default. Everything is parsed here, once, before any socket is
 //! opened; an error names the option and where its value came from.
 
+pub mod cidr;
 pub mod cli;
+pub mod options;
+pub mod route;
+pub mod san;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -11,19 +15,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
-
-use crate::proxy_protocol::Cidr;
-use crate::routing::{Route, UpstreamAddr};
-use crate::tls::san::SanPattern;
+use cidr::Cidr;
+pub use options::{DefaultValue, Opt, OptionSpec, OPTIONS};
+use route::{Route, UpstreamAddr};
+use san::SanPattern;
 use units::{parse_duration, parse_size};
 
 /// A configuration error: which option, from where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The option's name without dashes, or the file.
-    pub option: String,
+    /// The option's name without dashes (`config` for the file itself).
+    pub option: &'static str,
     /// Where the bad value came from.
     pub origin: String,
     /// What is wrong.
@@ -84,6 +86,18 @@ pub struct CertSource {
     pub key: PathBuf,
     /// Which option named it, for messages.
     pub option: &'static str,
+}
+
+impl CertSource {
+    /// The option that named the key file: `--tls-key` beside `--tls-cert`,
+    /// else the source's own (`--tls-dir`).
+    pub fn key_option(&self) -> &'static str {
+        if self.option == Opt::TlsCert.name() {
+            Opt::TlsKey.name()
+        } else {
+            self.option
+        }
+    }
 }
 
 /// The whole validated configuration.
@@ -177,86 +191,72 @@ impl From<ConfigError> for ArgsError {
     }
 }
 
-const OPTION_NAMES: &[&str] = &[
-    "listen",
-    "upstream",
-    "route",
-    "tls-cert",
-    "tls-key",
-    "tls-dir",
-    "client-ca",
-    "client-auth",
-    "allow-san",
-    "tls-min-version",
-    "proxy-protocol",
-    "proxy-protocol-from",
-    "admin-listen",
-    "redirect-listen",
-    "ready-check",
-    "connect-timeout",
-    "handshake-timeout",
-    "header-read-timeout",
-    "request-timeout",
-    "body-timeout",
-    "idle-timeout",
-    "max-connections",
-    "max-requests-in-flight",
-    "max-request-body",
-    "max-header-bytes",
-    "drain-delay",
-    "drain-timeout",
-    "workers",
-    "cert-poll-interval",
-    "cert-watch",
-    "log-format",
-    "log-level",
-    "access-log",
-];
-
 /// A value as text, with where it came from.
 struct Given {
     values: Vec<String>,
     origin: String,
 }
 
-/// Values from flags/environment and the file, looked up by option name.
+/// Values from flags/environment and the file, looked up by option.
 struct Sources {
-    cli: BTreeMap<&'static str, Given>,
-    file: BTreeMap<String, Given>,
+    cli: BTreeMap<Opt, Given>,
+    file: BTreeMap<Opt, Given>,
 }
 
 impl Sources {
-    fn get(&self, name: &str) -> Option<&Given> {
-        self.cli.get(name).or_else(|| self.file.get(name))
+    fn get(&self, opt: Opt) -> Option<&Given> {
+        self.cli.get(&opt).or_else(|| self.file.get(&opt))
     }
 
-    fn one(&self, name: &'static str) -> Option<(&str, &Given)> {
-        self.get(name)
-            .and_then(|g| g.values.first().map(|v| (v.as_str(), g)))
-    }
-
-    fn parse<T>(
-        &self,
-        name: &'static str,
-        default: T,
-        f: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        match self.one(name) {
-            None => Ok(default),
-            Some((v, g)) => f(v).map_err(|message| ConfigError {
-                option: name.to_string(),
-                origin: g.origin.clone(),
-                message,
-            }),
+    fn error(&self, opt: Opt, message: String) -> ConfigError {
+        ConfigError {
+            option: opt.name(),
+            origin: self.get(opt).map(|g| g.origin.clone()).unwrap_or_default(),
+            message,
         }
     }
 
+    /// A single value: the given one, else the table's default text, both
+    /// parsed by `f`; `None` when neither is there.
+    fn optional<T>(
+        &self,
+        opt: Opt,
+        f: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let spec = opt.spec();
+        debug_assert!(!spec.repeatable, "--{} is repeatable", spec.name);
+        let (text, origin) = match self.get(opt).and_then(|g| g.values.first().map(|v| (v, g))) {
+            Some((v, g)) => (v.as_str(), g.origin.as_str()),
+            None => match spec.default {
+                DefaultValue::Text(t) => (t, "the option table's default"),
+                DefaultValue::None | DefaultValue::Described(_) => return Ok(None),
+            },
+        };
+        f(text).map(Some).map_err(|message| ConfigError {
+            option: spec.name,
+            origin: origin.to_string(),
+            message,
+        })
+    }
+
+    /// A single value of an option whose default the table gives as text.
+    fn value<T>(&self, opt: Opt, f: impl Fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+        // `Config::defaults` meets a row without one at once, in every test.
+        self.optional(opt, f)?.ok_or_else(|| ConfigError {
+            option: opt.name(),
+            origin: String::new(),
+            message: "has no default in the option table".into(),
+        })
+    }
+
+    /// A repeatable option's values, blanks dropped; empty when not given.
     fn list<T>(
         &self,
-        name: &'static str,
+        opt: Opt,
         f: impl Fn(&str) -> Result<T, String>,
     ) -> Result<Vec<T>, ConfigError> {
-        match self.get(name) {
+        debug_assert!(opt.spec().repeatable, "--{} is not repeatable", opt.name());
+        match self.get(opt) {
             None => Ok(Vec::new()),
             Some(g) => g
                 .values
@@ -264,7 +264,7 @@ impl Sources {
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| {
                     f(v.trim()).map_err(|message| ConfigError {
-                        option: name.to_string(),
+                        option: opt.name(),
                         origin: g.origin.clone(),
                         message,
                     })
@@ -272,71 +272,11 @@ impl Sources {
                 .collect(),
         }
     }
-
-    fn origin(&self, name: &str) -> String {
-        self.get(name).map(|g| g.origin.clone()).unwrap_or_default()
-    }
 }
 
-fn cli_sources(m: &ArgMatches, opts: &cli::Opts) -> BTreeMap<&'static str, Given> {
-    let mut out = BTreeMap::new();
-    let mut put = |name: &'static str, values: Vec<String>| {
-        if values.is_empty() {
-            return;
-        }
-        let id = name.replace('-', "_");
-        let origin = match m.value_source(&id) {
-            // An environment variable set to nothing (`PORTICO_LISTEN=`, or a
-            // Pod `env` entry with `value: ""`) is unset: the file or the
-            // default applies, for a scalar and for a list alike.
-            Some(ValueSource::EnvVariable) if values.iter().all(|v| v.trim().is_empty()) => {
-                return;
-            }
-            Some(ValueSource::EnvVariable) => format!("PORTICO_{}", id.to_ascii_uppercase()),
-            _ => String::new(),
-        };
-        out.insert(name, Given { values, origin });
-    };
-    let o = |v: &Option<String>| v.iter().cloned().collect::<Vec<_>>();
-    put("listen", o(&opts.listen));
-    put("upstream", o(&opts.upstream));
-    put("route", opts.route.clone());
-    put("tls-cert", o(&opts.tls_cert));
-    put("tls-key", o(&opts.tls_key));
-    put("tls-dir", opts.tls_dir.clone());
-    put("client-ca", o(&opts.client_ca));
-    put("client-auth", o(&opts.client_auth));
-    put("allow-san", opts.allow_san.clone());
-    put("tls-min-version", o(&opts.tls_min_version));
-    put("proxy-protocol", o(&opts.proxy_protocol));
-    put("proxy-protocol-from", opts.proxy_protocol_from.clone());
-    put("admin-listen", o(&opts.admin_listen));
-    put("redirect-listen", o(&opts.redirect_listen));
-    put("ready-check", o(&opts.ready_check));
-    put("connect-timeout", o(&opts.connect_timeout));
-    put("handshake-timeout", o(&opts.handshake_timeout));
-    put("header-read-timeout", o(&opts.header_read_timeout));
-    put("request-timeout", o(&opts.request_timeout));
-    put("body-timeout", o(&opts.body_timeout));
-    put("idle-timeout", o(&opts.idle_timeout));
-    put("max-connections", o(&opts.max_connections));
-    put("max-requests-in-flight", o(&opts.max_requests_in_flight));
-    put("max-request-body", o(&opts.max_request_body));
-    put("max-header-bytes", o(&opts.max_header_bytes));
-    put("drain-delay", o(&opts.drain_delay));
-    put("drain-timeout", o(&opts.drain_timeout));
-    put("workers", o(&opts.workers));
-    put("cert-poll-interval", o(&opts.cert_poll_interval));
-    put("cert-watch", o(&opts.cert_watch));
-    put("log-format", o(&opts.log_format));
-    put("log-level", o(&opts.log_level));
-    put("access-log", o(&opts.access_log));
-    out
-}
-
-fn file_sources(path: &str) -> Result<BTreeMap<String, Given>, ConfigError> {
+fn file_sources(path: &str) -> Result<BTreeMap<Opt, Given>, ConfigError> {
     let err = |message: String| ConfigError {
-        option: "config".into(),
+        option: Opt::Config.name(),
         origin: String::new(),
         message,
     };
@@ -353,11 +293,11 @@ fn file_sources(path: &str) -> Result<BTreeMap<String, Given>, ConfigError> {
     })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
-        if !OPTION_NAMES.contains(&key.as_str()) {
+        let Some(spec) = OptionSpec::find(&key).filter(|s| s.in_file) else {
             return Err(err(format!("{path}: unknown key '{key}'")));
-        }
+        };
         let bad = |what: &str| ConfigError {
-            option: key.clone(),
+            option: spec.name,
             origin: path.to_string(),
             message: format!("must be {what}"),
         };
@@ -370,24 +310,19 @@ fn file_sources(path: &str) -> Result<BTreeMap<String, Given>, ConfigError> {
                 _ => None,
             }
         };
-        let values = match (&value, key.as_str()) {
-            (
-                toml::Value::Array(items),
-                "route" | "tls-dir" | "allow-san" | "proxy-protocol-from",
-            ) => items
+        let values = match (&value, spec.repeatable) {
+            (toml::Value::Array(items), true) => items
                 .iter()
                 .map(|i| match i {
                     toml::Value::String(s) => Ok(s.clone()),
                     _ => Err(bad("an array of strings")),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            (_, "route" | "tls-dir" | "allow-san" | "proxy-protocol-from") => {
-                return Err(bad("an array of strings"))
-            }
-            (v, _) => vec![scalar(v).ok_or_else(|| bad("a string, integer or boolean"))?],
+            (_, true) => return Err(bad("an array of strings")),
+            (v, false) => vec![scalar(v).ok_or_else(|| bad("a string, integer or boolean"))?],
         };
         out.insert(
-            key.clone(),
+            spec.opt,
             Given {
                 values,
                 origin: path.to_string(),
@@ -443,105 +378,101 @@ pub fn available_cpus() -> usize {
 }
 
 impl Config {
-    /// Parses the command line (and environment and file) into a mode and a config.
+    /// Parses the command line (and the process's environment and the file)
+    /// into a mode and a config.
     pub fn from_args<I, T>(args: I) -> Result<(Mode, Config), ArgsError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = cli::Cli::command()
+        Self::from_args_env(args, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::from_args`], with `env` giving the value of a variable in
+    /// place of the process's environment.
+    pub fn from_args_env<I, T>(
+        args: I,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Mode, Config), ArgsError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = cli::command()
             .try_get_matches_from(args)
             .map_err(ArgsError::Clap)?;
-        let parsed = cli::Cli::from_arg_matches(&matches).map_err(ArgsError::Clap)?;
-        let mode = match parsed.command {
-            Some(cli::Command::Check) => Mode::Check,
-            // main.rs runs `portico inject` before this parser; here it is
-            // only when proxy options came first, which inject does not take.
-            Some(cli::Command::Inject(_)) => {
-                return Err(ArgsError::Clap(cli::Cli::command().error(
+        // clap propagates `global` options down into the subcommand's
+        // matches, so there they hold what was given on either side of `check`.
+        let (mode, m) = match matches.subcommand() {
+            Some((cli::CHECK, sub)) => (Mode::Check, sub),
+            Some(_) => {
+                return Err(ArgsError::Clap(cli::command().error(
                     clap::error::ErrorKind::ArgumentConflict,
                     "inject takes no proxy option: write `portico inject [OPTIONS] [FILE...]`",
                 )))
             }
-            None => Mode::Run,
+            None => (Mode::Run, &matches),
         };
-        // clap propagates `global = true` options down into the subcommand's
-        // matches, so there they hold what was given on either side of `check`.
-        let (m, opts) = match matches.subcommand() {
-            Some((_, sub)) => (
-                sub,
-                cli::Opts::from_arg_matches(sub).map_err(ArgsError::Clap)?,
-            ),
-            None => (&matches, parsed.opts),
-        };
-        let file = match &opts.config {
+        let cli = cli::given(m, &env);
+        let file = match cli.get(&Opt::Config).and_then(|g| g.values.first()) {
             Some(path) => file_sources(path)?,
             None => BTreeMap::new(),
         };
-        let sources = Sources {
-            cli: cli_sources(m, &opts),
-            file,
-        };
-        Ok((mode, Self::from_sources(&sources)?))
+        Ok((mode, Self::from_sources(&Sources { cli, file })?))
     }
 
     fn from_sources(s: &Sources) -> Result<Self, ConfigError> {
-        let d = Duration::from_secs;
-        let err = |option: &str, message: String| ConfigError {
-            option: option.to_string(),
-            origin: s.origin(option),
-            message,
-        };
-
-        let tls_cert = s.parse("tls-cert", None, |v| Ok(Some(PathBuf::from(v))))?;
-        let tls_key = s.parse("tls-key", None, |v| Ok(Some(PathBuf::from(v))))?;
+        let path = |v: &str| Ok(PathBuf::from(v));
+        let tls_cert = s.optional(Opt::TlsCert, path)?;
+        let tls_key = s.optional(Opt::TlsKey, path)?;
         let mut certs = Vec::new();
         match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => certs.push(CertSource {
                 cert,
                 key,
-                option: "tls-cert",
+                option: Opt::TlsCert.name(),
             }),
             (Some(_), None) => {
-                return Err(err("tls-key", "is required with --tls-cert".into()));
+                let message = format!("is required with --{}", Opt::TlsCert.name());
+                return Err(s.error(Opt::TlsKey, message));
             }
             (None, Some(_)) => {
-                return Err(err("tls-cert", "is required with --tls-key".into()));
+                let message = format!("is required with --{}", Opt::TlsKey.name());
+                return Err(s.error(Opt::TlsCert, message));
             }
             (None, None) => {}
         }
-        for dir in s.list("tls-dir", |v| Ok(PathBuf::from(v)))? {
+        for dir in s.list(Opt::TlsDir, path)? {
             certs.push(CertSource {
                 cert: dir.join("tls.crt"),
                 key: dir.join("tls.key"),
-                option: "tls-dir",
+                option: Opt::TlsDir.name(),
             });
         }
 
-        let client_ca = s.parse("client-ca", None, |v| Ok(Some(PathBuf::from(v))))?;
-        let client_auth = s.parse("client-auth", ClientAuth::Required, |v| match v {
+        let client_ca = s.optional(Opt::ClientCa, path)?;
+        let needs_ca = format!("needs --{}", Opt::ClientCa.name());
+        let client_auth = s.value(Opt::ClientAuth, |v| match v {
             "required" => Ok(ClientAuth::Required),
             "optional" => Ok(ClientAuth::Optional),
             _ => Err(format!("'{v}' must be required or optional")),
         })?;
-        if client_ca.is_none() && s.get("client-auth").is_some() {
-            return Err(err("client-auth", "needs --client-ca".into()));
+        if client_ca.is_none() && s.get(Opt::ClientAuth).is_some() {
+            return Err(s.error(Opt::ClientAuth, needs_ca));
         }
-        let allow_san = s.list("allow-san", SanPattern::parse)?;
+        let allow_san = s.list(Opt::AllowSan, SanPattern::parse)?;
         if client_ca.is_none() && !allow_san.is_empty() {
-            return Err(err("allow-san", "needs --client-ca".into()));
+            return Err(s.error(Opt::AllowSan, needs_ca));
         }
 
-        let proxy_protocol = s.parse("proxy-protocol", false, parse_on_off)?;
-        let proxy_protocol_from = s.list("proxy-protocol-from", Cidr::parse)?;
+        let proxy_protocol = s.value(Opt::ProxyProtocol, parse_on_off)?;
+        let proxy_protocol_from = s.list(Opt::ProxyProtocolFrom, Cidr::parse)?;
         if !proxy_protocol && !proxy_protocol_from.is_empty() {
-            return Err(err(
-                "proxy-protocol-from",
-                "needs --proxy-protocol on".into(),
-            ));
+            let message = format!("needs --{} on", Opt::ProxyProtocol.name());
+            return Err(s.error(Opt::ProxyProtocolFrom, message));
         }
 
-        let max_header_bytes = s.parse("max-header-bytes", 64 << 10, |v| {
+        let max_header_bytes = s.value(Opt::MaxHeaderBytes, |v| {
             let n = parse_size(v)?;
             if !(1024..=16 << 20).contains(&n) {
                 return Err(format!("'{v}' must be between 1KiB and 16MiB"));
@@ -550,31 +481,23 @@ impl Config {
         })?;
 
         Ok(Self {
-            listen: s.parse("listen", ([0, 0, 0, 0], 8443).into(), parse_addr)?,
-            upstream: s.parse(
-                "upstream",
-                UpstreamAddr::Http("127.0.0.1:8080".into()),
-                UpstreamAddr::parse,
-            )?,
-            routes: s.list("route", Route::parse)?,
+            listen: s.value(Opt::Listen, parse_addr)?,
+            upstream: s.value(Opt::Upstream, UpstreamAddr::parse)?,
+            routes: s.list(Opt::Route, Route::parse)?,
             certs,
             client_ca,
             client_auth,
             allow_san,
-            tls13_only: s.parse("tls-min-version", false, |v| match v {
+            tls13_only: s.value(Opt::TlsMinVersion, |v| match v {
                 "1.2" => Ok(false),
                 "1.3" => Ok(true),
                 _ => Err(format!("'{v}' must be 1.2 or 1.3")),
             })?,
             proxy_protocol,
             proxy_protocol_from,
-            admin_listen: s.parse(
-                "admin-listen",
-                Some(([0, 0, 0, 0], 9901).into()),
-                parse_optional_addr,
-            )?,
-            redirect_listen: s.parse("redirect-listen", None, parse_optional_addr)?,
-            ready_check: s.parse("ready-check", ReadyCheck::Tcp, |v| match v {
+            admin_listen: s.value(Opt::AdminListen, parse_optional_addr)?,
+            redirect_listen: s.value(Opt::RedirectListen, parse_optional_addr)?,
+            ready_check: s.value(Opt::ReadyCheck, |v| match v {
                 "tcp" => Ok(ReadyCheck::Tcp),
                 "none" => Ok(ReadyCheck::None),
                 _ => match v.strip_prefix("http:") {
@@ -584,20 +507,22 @@ impl Config {
                     _ => Err(format!("'{v}' must be tcp, http:/PATH or none")),
                 },
             })?,
-            connect_timeout: s.parse("connect-timeout", d(5), parse_duration)?,
-            handshake_timeout: s.parse("handshake-timeout", d(10), parse_duration)?,
-            header_read_timeout: s.parse("header-read-timeout", d(10), parse_duration)?,
-            request_timeout: s.parse("request-timeout", d(60), parse_duration)?,
-            body_timeout: s.parse("body-timeout", d(60), parse_duration)?,
-            idle_timeout: s.parse("idle-timeout", d(60), parse_duration)?,
-            max_connections: s.parse("max-connections", 10_000, parse_count)?,
-            max_requests_in_flight: s.parse("max-requests-in-flight", 1024, parse_count)?,
-            max_request_body: s.parse("max-request-body", 0, parse_size)?,
+            connect_timeout: s.value(Opt::ConnectTimeout, parse_duration)?,
+            handshake_timeout: s.value(Opt::HandshakeTimeout, parse_duration)?,
+            header_read_timeout: s.value(Opt::HeaderReadTimeout, parse_duration)?,
+            request_timeout: s.value(Opt::RequestTimeout, parse_duration)?,
+            body_timeout: s.value(Opt::BodyTimeout, parse_duration)?,
+            idle_timeout: s.value(Opt::IdleTimeout, parse_duration)?,
+            max_connections: s.value(Opt::MaxConnections, parse_count)?,
+            max_requests_in_flight: s.value(Opt::MaxRequestsInFlight, parse_count)?,
+            max_request_body: s.value(Opt::MaxRequestBody, parse_size)?,
             max_header_bytes,
-            drain_delay: s.parse("drain-delay", Duration::ZERO, parse_duration)?,
-            drain_timeout: s.parse("drain-timeout", d(30), parse_duration)?,
-            workers: s.parse("workers", available_cpus(), parse_count)?,
-            cert_poll_interval: s.parse("cert-poll-interval", d(10), |v| {
+            drain_delay: s.value(Opt::DrainDelay, parse_duration)?,
+            drain_timeout: s.value(Opt::DrainTimeout, parse_duration)?,
+            workers: s
+                .optional(Opt::Workers, parse_count)?
+                .unwrap_or_else(available_cpus),
+            cert_poll_interval: s.value(Opt::CertPollInterval, |v| {
                 let p = parse_duration(v)?;
                 if p.is_zero() {
                     Err("must be more than 0".to_string())
@@ -605,18 +530,18 @@ impl Config {
                     Ok(p)
                 }
             })?,
-            log_format: s.parse("log-format", LogFormat::Text, |v| match v {
+            log_format: s.value(Opt::LogFormat, |v| match v {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
                 _ => Err(format!("'{v}' must be text or json")),
             })?,
-            log_level: s.parse("log-level", "info".to_string(), |v| {
+            log_level: s.value(Opt::LogLevel, |v| {
                 tracing_subscriber::EnvFilter::try_new(v)
                     .map(|_| v.to_string())
                     .map_err(|e| format!("'{v}' is not a level or directive list: {e}"))
             })?,
-            access_log: s.parse("access-log", true, parse_on_off)?,
-            watch_files: s.parse("cert-watch", true, parse_on_off)?,
+            access_log: s.value(Opt::AccessLog, parse_on_off)?,
+            watch_files: s.value(Opt::CertWatch, parse_on_off)?,
         })
     }
 
@@ -628,8 +553,90 @@ impl Config {
         };
         match Self::from_sources(&s) {
             Ok(c) => c,
-            // The defaults are constants; failing to parse them is a bug in this file.
+            // The defaults are the table's; failing to parse them is a bug there.
             Err(e) => unreachable!("default configuration is invalid: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table's default texts give the values portico has always had.
+    #[test]
+    fn defaults_from_the_table() {
+        let c = Config::defaults();
+        let s = Duration::from_secs;
+        assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8443)));
+        assert_eq!(c.upstream, UpstreamAddr::Http("127.0.0.1:8080".into()));
+        assert!(c.routes.is_empty() && c.certs.is_empty() && c.allow_san.is_empty());
+        assert_eq!((c.client_ca, c.client_auth), (None, ClientAuth::Required));
+        assert!(!c.tls13_only && !c.proxy_protocol && c.proxy_protocol_from.is_empty());
+        assert_eq!(c.admin_listen, Some(SocketAddr::from(([0, 0, 0, 0], 9901))));
+        assert_eq!(c.redirect_listen, None);
+        assert_eq!(c.ready_check, ReadyCheck::Tcp);
+        assert_eq!(
+            [
+                c.connect_timeout,
+                c.handshake_timeout,
+                c.header_read_timeout,
+                c.request_timeout,
+                c.body_timeout,
+                c.idle_timeout,
+                c.drain_delay,
+                c.drain_timeout,
+                c.cert_poll_interval,
+            ],
+            [s(5), s(10), s(10), s(60), s(60), s(60), s(0), s(30), s(10)]
+        );
+        assert_eq!(
+            (c.max_connections, c.max_requests_in_flight),
+            (10_000, 1024)
+        );
+        assert_eq!((c.max_request_body, c.max_header_bytes), (0, 64 << 10));
+        assert_eq!(c.workers, available_cpus());
+        assert_eq!(
+            (c.log_format, c.log_level.as_str()),
+            (LogFormat::Text, "info")
+        );
+        assert!(c.access_log && c.watch_files);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_option_and_source() {
+        let run = |args: &[&str], env: &[(&str, &str)]| {
+            let mut all = vec!["portico"];
+            all.extend_from_slice(args);
+            let env: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            match Config::from_args_env(all, |k| env.get(k).cloned()) {
+                Err(ArgsError::Config(e)) => e.to_string(),
+                Err(ArgsError::Clap(e)) => panic!("{args:?}: clap: {e}"),
+                Ok(_) => panic!("{args:?} {env:?} taken"),
+            }
+        };
+        assert_eq!(
+            run(&["--workers", "0"], &[]),
+            "--workers: '0' is not a whole number of at least 1"
+        );
+        assert_eq!(
+            run(&[], &[("PORTICO_TLS_MIN_VERSION", "1.1")]),
+            "--tls-min-version (from PORTICO_TLS_MIN_VERSION): '1.1' must be 1.2 or 1.3"
+        );
+        assert_eq!(
+            run(&["--tls-cert", "/a.crt"], &[]),
+            "--tls-key: is required with --tls-cert"
+        );
+        assert_eq!(
+            run(&[], &[("PORTICO_ALLOW_SAN", "dns:a")]),
+            "--allow-san (from PORTICO_ALLOW_SAN): needs --client-ca"
+        );
+        assert_eq!(
+            run(&["--proxy-protocol-from", "10.0.0.0/8"], &[]),
+            "--proxy-protocol-from: needs --proxy-protocol on"
+        );
     }
 }

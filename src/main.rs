@@ -16,8 +16,13 @@ use portico::shutdown::Phase;
 
 fn main() -> ExitCode {
     // `inject` edits manifests: none of the proxy's options, logging or runtime.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "inject") {
+    // Its own parser also answers `portico help inject`.
+    let arg = |n| std::env::args_os().nth(n);
+    if arg(1).is_some_and(|a| a == "inject") {
         return portico::inject::main(std::env::args_os());
+    }
+    if arg(1).is_some_and(|a| a == "help") && arg(2).is_some_and(|a| a == "inject") {
+        return portico::inject::main(["portico", "inject", "--help"].map(Into::into));
     }
     let (mode, cfg) = match Config::from_args(std::env::args_os()) {
         Ok(v) => v,

@@ -43,13 +43,6 @@ const KNOWN: &[(&str, &str)] = &[
     // upstream takes the stack's body type: make upstream generic over its
     // body, or own the body type the stack hands it.
     ("upstream", "stack"),
-    // config holds types of the stages it configures (SanPattern, Cidr,
-    // Route, UpstreamAddr, InjectArgs): they move to leaves, or config keeps
-    // plain values the stages parse.
-    ("config", "inject"),
-    ("config", "proxy_protocol"),
-    ("config", "routing"),
-    ("config", "tls"),
 ];
 
 /// The edges that break the rule, sorted.
@@ -100,23 +93,70 @@ fn edges(src: &Path) -> BTreeSet<(String, String)> {
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("read");
-            for line in text.lines() {
-                let code = line.split("//").next().unwrap_or("");
-                let mut rest = code;
-                while let Some(i) = rest.find("crate::") {
-                    rest = &rest[i + "crate::".len()..];
-                    let to: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if !to.is_empty() && to != from {
-                        out.insert((from.clone(), to));
-                    }
+            for to in referenced_modules(&text) {
+                if to != from {
+                    out.insert((from.clone(), to));
                 }
             }
         }
     }
     out
+}
+
+/// The top-level modules `text` names through `crate::`, outside line
+/// comments: `crate::a::B`, and each item of a group `crate::{a::B, c}`, over
+/// as many lines as it takes.
+fn referenced_modules(text: &str) -> Vec<String> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        let Some(group) = rest.trim_start().strip_prefix('{') else {
+            out.push(ident(rest));
+            continue;
+        };
+        // The group's items at its own depth; nested groups belong to them.
+        let mut depth = 0usize;
+        let mut item_start = 0;
+        for (j, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth > 0 => depth -= 1,
+                ',' | '}' if depth == 0 => {
+                    out.push(ident(&group[item_start..j]));
+                    item_start = j + 1;
+                    if c == '}' {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out.retain(|m| !m.is_empty() && m != "self");
+    out
+}
+
+#[test]
+fn grouped_and_multi_line_imports_are_read() {
+    let text = "use crate::config::Config; // crate::app in a comment\n\
+                use crate::{\n    server::{self, Conn},\n    tls::Stream,\n    error,\n};\n\
+                fn f() { crate::telemetry::count(); }\n";
+    assert_eq!(
+        referenced_modules(text),
+        ["config", "server", "tls", "error", "telemetry"]
+    );
 }
 
 #[test]
@@ -166,6 +206,33 @@ fn a_planted_back_edge_is_caught() {
             ("routing", "stack"),
             ("telemetry", "stack"),
             ("upstream", "server"),
+        ]
+    );
+}
+
+#[test]
+fn a_back_edge_planted_in_a_source_tree_is_caught() {
+    let dir = std::env::temp_dir().join(format!("portico-layering-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("stack")).expect("mkdir");
+    let plant = |rel: &str, text: &str| std::fs::write(dir.join(rel), text).expect("write");
+    plant("lib.rs", "pub mod app;\n");
+    plant(
+        "upstream.rs",
+        "use crate::{\n    config::Config,\n    server::Conn,\n};\n",
+    );
+    plant("stack/layer.rs", "fn f() { crate::app::run(); }\n");
+    plant(
+        "tls.rs",
+        "use crate::certs::Store;\nuse crate::error::Kind;\n",
+    );
+    let found = violations(&edges(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        found,
+        [
+            ("stack".to_string(), "app".to_string()),
+            ("upstream".to_string(), "server".to_string()),
         ]
     );
 }

@@ -19,6 +19,8 @@ pub enum CertError {
     Read {
         /// The file.
         path: PathBuf,
+        /// Which of the pair it is.
+        file: PairFile,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -48,14 +50,23 @@ pub enum CertError {
     },
 }
 
+/// One file of a certificate/key pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairFile {
+    /// The PEM chain.
+    Cert,
+    /// The PEM key.
+    Key,
+}
+
 impl CertError {
-    /// The file at fault (for a mismatch, the key).
-    pub fn path(&self) -> &Path {
+    /// The file at fault: for a mismatch the key, which does not belong to
+    /// the certificate.
+    pub fn file(&self) -> PairFile {
         match self {
-            Self::Read { path, .. } | Self::BadCert { path, .. } | Self::BadKey { path, .. } => {
-                path
-            }
-            Self::Mismatch { key, .. } => key,
+            Self::Read { file, .. } => *file,
+            Self::BadCert { .. } => PairFile::Cert,
+            Self::BadKey { .. } | Self::Mismatch { .. } => PairFile::Key,
         }
     }
 }
@@ -140,9 +151,10 @@ pub fn fmt_unix(t: i64) -> String {
     )
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+fn read(path: &Path, file: PairFile) -> Result<Vec<u8>, CertError> {
     std::fs::read(path).map_err(|source| CertError::Read {
         path: path.to_path_buf(),
+        file,
         source,
     })
 }
@@ -153,8 +165,8 @@ pub fn load_pair(
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<LoadedCert, CertError> {
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
+    let cert_pem = read(cert, PairFile::Cert)?;
+    let key_pem = read(key, PairFile::Key)?;
     from_pem(cert_pem, key_pem, cert, key, provider)
 }
 

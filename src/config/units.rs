@@ -1,10 +1,10 @@
 //! Durations (`500ms`, `10s`, `2m`, `0`) and sizes (`65536`, `64KiB`, `10MiB`) as
-//! the SPEC writes them. Small enough that a crate would cost more than it saves,
-//! and humantime rejects the bare `0` that SPEC uses to turn a timeout off.
+//! the reference writes them. Small enough that a crate would cost more than it
+//! saves, and humantime rejects the bare `0` that turns a timeout off.
 
 use std::time::Duration;
 
-/// Parses a SPEC duration; `0` is `Duration::ZERO` (the caller reads it as "off").
+/// Parses a duration; `0` is `Duration::ZERO` (the caller reads it as "off").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" {
@@ -34,7 +34,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros((ms * 1e3).round() as u64))
 }
 
-/// Parses a SPEC size: bytes, or a number with `KiB`/`MiB`/`GiB` (also `K`, `KB`...).
+/// Parses a size: bytes, or a number with `KiB`/`MiB`/`GiB` (also `K`, `KB`...).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -57,7 +57,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is out of range"))
 }
 
-/// Formats a duration the way SPEC writes it, for `check` and logs.
+/// Formats a duration the way the reference writes it, for `check` and logs.
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {

@@ -9,6 +9,7 @@
 
 use super::yaml::Node;
 use super::{Options, Sidecar};
+use crate::config::Opt;
 
 /// The Pod template annotation that marks a workload as injected.
 pub const ANNOTATION: &str = "portico/injected";
@@ -432,24 +433,19 @@ fn probe(path: &str, period: i64, timeout: i64, failures: i64) -> Node {
 /// The portico container. Its settings are environment variables rather than
 /// flags so that `--env` can replace any of them (a flag would win over it).
 fn container(opts: &Options, app_port: u16) -> Node {
+    let var = |opt: Opt| opt.spec().env();
     let mut vars: Vec<(String, String)> = vec![
+        (var(Opt::Upstream), format!("http://127.0.0.1:{app_port}")),
+        (var(Opt::Listen), format!("0.0.0.0:{}", opts.tls_port)),
         (
-            "PORTICO_UPSTREAM".into(),
-            format!("http://127.0.0.1:{app_port}"),
-        ),
-        (
-            "PORTICO_LISTEN".into(),
-            format!("0.0.0.0:{}", opts.tls_port),
-        ),
-        (
-            "PORTICO_ADMIN_LISTEN".into(),
+            var(Opt::AdminListen),
             format!("0.0.0.0:{}", opts.admin_port),
         ),
-        ("PORTICO_TLS_DIR".into(), TLS_DIR.into()),
+        (var(Opt::TlsDir), TLS_DIR.into()),
         // Endpoint removal takes a few seconds to reach every node's proxy.
-        ("PORTICO_DRAIN_DELAY".into(), "5s".into()),
-        ("PORTICO_DRAIN_TIMEOUT".into(), "30s".into()),
-        ("PORTICO_LOG_FORMAT".into(), "json".into()),
+        (var(Opt::DrainDelay), "5s".into()),
+        (var(Opt::DrainTimeout), "30s".into()),
+        (var(Opt::LogFormat), "json".into()),
     ];
     for (k, v) in &opts.env {
         match vars.iter_mut().find(|(name, _)| name == k) {
