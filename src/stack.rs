@@ -13,8 +13,9 @@
 //! 3. [`Proxy`] (`proxy.rs`): the checks made before anything is sent
 //!    (`refuse.rs`), the request rewritten for its upstream (`rewrite.rs`),
 //!    the upstream call within `--request-timeout` (`timeout.rs`), the
-//!    WebSocket tunnel after a `101` (`tunnel.rs`), and the one place
-//!    upstream failures become portico's answers. Its error type is
+//!    WebSocket tunnel after a `101` (`tunnel.rs`), and the one place a
+//!    failed exchange becomes portico's own response
+//!    ([`crate::error::classify`] names its kind). Its error type is
 //!    `Infallible`: nothing reaches hyper unanswered.
 //!
 //! [`Shared`] (`shared.rs`) is the state every connection's stack shares.
@@ -38,7 +39,7 @@ use tokio::time::Instant;
 use tower::ServiceBuilder;
 
 use crate::conn::{ConnActivity, ConnInfo};
-use crate::error::{Answered, ErrorKind};
+use crate::error::{classify, ExchangeError, OwnAnswer};
 use body::{ReqProgress, RespBody};
 
 pub use in_flight::{InFlightFuture, InFlightLimit, InFlightLimitLayer};
@@ -72,14 +73,16 @@ pub fn build(shared: Arc<Shared>, conn: Arc<ConnInfo>, activity: Arc<ConnActivit
         .service(Proxy::new(shared, conn))
 }
 
-/// portico's own answer, tagged for the log and metrics; on HTTP/1.1 it
-/// closes the connection when the rest of the request may still be unread.
-fn answer(kind: ErrorKind, h1: bool) -> Response<RespBody> {
+/// portico's own response to a request that failed with `e`, tagged with its
+/// kind for the log and metrics; on HTTP/1.1 it closes the connection when
+/// the rest of the request may still be unread.
+fn own_response(e: &ExchangeError, h1: bool) -> Response<RespBody> {
+    let kind = classify(e);
     let mut resp: Response<RespBody> = kind.response();
     if h1 && kind.closes_connection() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp.extensions_mut().insert(Answered(kind));
+    resp.extensions_mut().insert(OwnAnswer(kind));
     resp
 }

@@ -1,6 +1,10 @@
 //! The upstream stage: one pooled keep-alive client per distinct primary
 //! (`http://`, `h2c://`, `unix:`), with a connector that times out and says
-//! *why* a connect failed, so each failure maps to its SPEC kind.
+//! *why* a connect failed, so each failure maps to its kind
+//! ([`crate::error::classify`]).
+//!
+//! It is generic over the request body it is handed (`B`, any
+//! [`RequestBody`]): the stack hands it its own body type, tests any other.
 
 use std::future::Future;
 use std::io;
@@ -11,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -19,27 +24,31 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::error::ErrorKind;
+use crate::error::ExchangeError;
+pub use crate::error::{ConnectError, RawError};
 use crate::routing::UpstreamAddr;
-use crate::stack::body::{BodyError, ReqBody};
 
 pub mod h1;
 mod pool;
-pub use h1::{RawBody, RawError};
-pub use pool::{H1Pool, H1Response, Reuse};
+pub use h1::RawBody;
+pub use pool::{CheckIn, H1Pool};
 
-/// Why a connect failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The primary refused.
-    #[error("connection refused: {0}")]
-    Refused(io::Error),
-    /// `--connect-timeout` passed.
-    #[error("connect timed out after {0:?}")]
-    Timeout(Duration),
-    /// Anything else (unreachable, no such socket, DNS).
-    #[error("connect failed: {0}")]
-    Failed(io::Error),
+/// A request body upstream can send: what hyper's HTTP/1.1 and h2c clients
+/// take. Implemented for every type that qualifies.
+pub trait RequestBody:
+    http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<T> RequestBody for T where
+    T: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
 }
 
 #[derive(Clone, Debug)]
@@ -143,7 +152,7 @@ impl Connector {
                         Ok(sa) => TcpStream::connect(sa).await,
                         Err(_) => TcpStream::connect(&**a).await,
                     }
-                    .map_err(classify)?;
+                    .map_err(connect_error)?;
                     // Requests are small writes; never wait for Nagle.
                     let _ = s.set_nodelay(true);
                     Ok(Stream::Tcp(s))
@@ -151,7 +160,7 @@ impl Connector {
                 Target::Unix(p) => UnixStream::connect(&**p)
                     .await
                     .map(Stream::Unix)
-                    .map_err(classify),
+                    .map_err(connect_error),
             }
         };
         if self.timeout.is_zero() {
@@ -165,7 +174,8 @@ impl Connector {
     }
 }
 
-fn classify(e: io::Error) -> ConnectError {
+/// Says why a connect failed: refused, or otherwise.
+fn connect_error(e: io::Error) -> ConnectError {
     if e.kind() == io::ErrorKind::ConnectionRefused {
         ConnectError::Refused(e)
     } else {
@@ -188,23 +198,6 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
-/// Why an exchange with the primary failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection.
-    #[error(transparent)]
-    Connect(ConnectError),
-    /// The HTTP/1.1 exchange failed.
-    #[error(transparent)]
-    Http(hyper::Error),
-    /// The h2c client failed.
-    #[error(transparent)]
-    Legacy(hyper_util::client::legacy::Error),
-    /// portico's own HTTP/1.1 exchange failed.
-    #[error(transparent)]
-    Raw(RawError),
-}
-
 /// A response body from a primary: read by portico itself, or by hyper.
 pub enum UpstreamBody {
     /// Read on a [`h1::RawConn`].
@@ -214,13 +207,13 @@ pub enum UpstreamBody {
 }
 
 impl http_body::Body for UpstreamBody {
-    type Data = bytes::Bytes;
+    type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Raw(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
@@ -242,26 +235,36 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
+/// A response from a primary, over HTTP/1.1 or h2c.
+pub struct UpstreamResponse<B> {
+    /// The response, its body read by portico or by hyper.
+    pub response: Response<UpstreamBody>,
+    /// The HTTP/1.1 connection hyper read it on, to check back into its pool
+    /// when the body has ended (portico's own connections check themselves
+    /// in; h2c's are shared).
+    pub check_in: Option<CheckIn<B>>,
+}
+
 /// One primary: its address, the authority requests are sent with, and its
-/// connection pool.
-pub struct Upstream {
+/// connection pool, for requests with bodies of type `B`.
+pub struct Upstream<B> {
     /// Where it is.
     pub addr: UpstreamAddr,
     /// The authority requests are sent with (h2c's `:authority`).
     pub base: http::uri::Authority,
     /// A bare connector for readiness checks.
     pub connector: Connector,
-    client: Pooled,
+    client: Pooled<B>,
 }
 
 /// HTTP/1.1 primaries get portico's own pool; h2c ones hyper-util's client,
 /// which multiplexes on one connection and replaces it when it goes away.
-enum Pooled {
-    H1(Arc<H1Pool>),
-    H2(Box<Client<Connector, ReqBody>>),
+enum Pooled<B> {
+    H1(Arc<H1Pool<B>>),
+    H2(Box<Client<Connector, B>>),
 }
 
-impl std::fmt::Debug for Upstream {
+impl<B> std::fmt::Debug for Upstream<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Upstream({})", self.addr)
     }
@@ -272,7 +275,7 @@ impl std::fmt::Debug for Upstream {
 /// the primary does.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl Upstream {
+impl<B: RequestBody> Upstream<B> {
     /// Builds the client for `addr`.
     pub fn new(addr: &UpstreamAddr, connect_timeout: Duration) -> Self {
         let connector = Connector::new(addr, connect_timeout);
@@ -313,7 +316,7 @@ impl Upstream {
     /// What requests to this primary are sent with. Each kind's send future
     /// is awaited in place by the exchange: behind one `send` for both, it
     /// would be moved once more per request, and sized for the larger.
-    pub fn sender(&self) -> Sender<'_> {
+    pub fn sender(&self) -> Sender<'_, B> {
         match &self.client {
             Pooled::H1(pool) => Sender::H1(pool),
             Pooled::H2(client) => Sender::H2(H2Sender {
@@ -325,27 +328,24 @@ impl Upstream {
 }
 
 /// How requests reach a primary.
-pub enum Sender<'a> {
+pub enum Sender<'a, B> {
     /// portico's pool of HTTP/1.1 connections; a response comes with its
     /// connection, to return to the pool when its body has ended.
-    H1(&'a Arc<H1Pool>),
+    H1(&'a Arc<H1Pool<B>>),
     /// hyper-util's client, multiplexing on h2c.
-    H2(H2Sender<'a>),
+    H2(H2Sender<'a, B>),
 }
 
 /// Sends to an h2c primary.
-pub struct H2Sender<'a> {
-    client: &'a Client<Connector, ReqBody>,
+pub struct H2Sender<'a, B> {
+    client: &'a Client<Connector, B>,
     base: &'a http::uri::Authority,
 }
 
-impl H2Sender<'_> {
+impl<B: RequestBody> H2Sender<'_, B> {
     /// Sends `req` (origin-form target) with the primary's scheme and
     /// authority.
-    pub async fn send(
-        self,
-        mut req: Request<ReqBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    pub async fn send(self, mut req: Request<B>) -> Result<UpstreamResponse<B>, ExchangeError> {
         let path = req
             .uri()
             .path_and_query()
@@ -359,49 +359,12 @@ impl H2Sender<'_> {
         {
             *req.uri_mut() = u;
         }
-        self.client
-            .request(req)
-            .await
-            .map(|r| r.map(UpstreamBody::Hyper))
-            .map_err(SendError::Legacy)
-    }
-}
-
-/// Maps a client error to its SPEC kind, with the detail for the log line.
-pub fn classify_error(e: &SendError) -> ErrorKind {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = match e {
-        SendError::Connect(c) => Some(c),
-        SendError::Http(h) => Some(h),
-        SendError::Legacy(l) => Some(l),
-        SendError::Raw(RawError::Bad(_)) => return ErrorKind::BadUpstreamResponse,
-        SendError::Raw(RawError::Io(_)) => return ErrorKind::UpstreamReset,
-    };
-    while let Some(err) = src {
-        if let Some(c) = err.downcast_ref::<ConnectError>() {
-            return match c {
-                ConnectError::Refused(_) => ErrorKind::ConnectRefused,
-                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
-                ConnectError::Failed(_) => ErrorKind::ConnectFailed,
-            };
+        match self.client.request(req).await {
+            Ok(r) => Ok(UpstreamResponse {
+                response: r.map(UpstreamBody::Hyper),
+                check_in: None,
+            }),
+            Err(e) => Err(ExchangeError::H2c(e)),
         }
-        if let Some(b) = err.downcast_ref::<BodyError>() {
-            return match b {
-                BodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
-                BodyError::Timeout(_) | BodyError::Peer(_) => ErrorKind::BadRequest,
-                // Only response bodies raise it; a send never sees one.
-                BodyError::Upstream(_) => ErrorKind::UpstreamReset,
-            };
-        }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() {
-                return ErrorKind::BadUpstreamResponse;
-            }
-        }
-        src = err.source();
-    }
-    if matches!(e, SendError::Legacy(l) if l.is_connect()) {
-        ErrorKind::ConnectFailed
-    } else {
-        ErrorKind::UpstreamReset
     }
 }

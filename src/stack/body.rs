@@ -18,24 +18,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::conn::ConnActivity;
-use crate::upstream::{Reuse, UpstreamBody};
-
-/// An error a body wrapper raises itself.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// No byte moved for `--body-timeout`.
-    #[error("body moved no byte for {0:?}")]
-    Timeout(Duration),
-    /// The request body passed `--max-request-body`.
-    #[error("request body is larger than {0} bytes")]
-    TooLarge(u64),
-    /// The peer's body failed.
-    #[error(transparent)]
-    Peer(#[from] hyper::Error),
-    /// The primary's response body failed.
-    #[error("the primary's response body failed: {0}")]
-    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
+pub use crate::error::BodyError;
+use crate::upstream::{CheckIn, UpstreamBody};
 
 /// An idle timer for a body: armed on the first `Pending`, re-armed lazily.
 /// The wait is timed from the first `Pending` after the last progress, so a
@@ -318,9 +302,9 @@ pub struct RespBody {
     /// The client connection, told when the client stops taking this body.
     conn: Option<Arc<ConnActivity>>,
     watch: Option<Arc<ClientWatch>>,
-    /// The upstream connection, returned to its pool when the body is dropped
-    /// after its end.
-    reuse: Option<Reuse>,
+    /// The upstream connection, checked back into its pool when the body is
+    /// dropped after its end.
+    check_in: Option<CheckIn<ReqBody>>,
 }
 
 enum RespInner {
@@ -340,12 +324,16 @@ impl RespBody {
             permit: None,
             conn: None,
             watch: None,
-            reuse: None,
+            check_in: None,
         }
     }
 
     /// The upstream's body, cut after `timeout` without a byte.
-    pub fn upstream(inner: UpstreamBody, timeout: Duration, reuse: Option<Reuse>) -> Self {
+    pub fn upstream(
+        inner: UpstreamBody,
+        timeout: Duration,
+        check_in: Option<CheckIn<ReqBody>>,
+    ) -> Self {
         Self {
             inner: RespInner::Upstream(inner),
             timer: IdleTimer::new(timeout),
@@ -355,7 +343,7 @@ impl RespBody {
             permit: None,
             conn: None,
             watch: None,
-            reuse,
+            check_in,
         }
     }
 
@@ -388,9 +376,9 @@ impl Drop for RespBody {
     fn drop(&mut self) {
         // hyper drops a body as soon as it has ended; one dropped before its
         // end leaves unread bytes on the connection, which is not reused.
-        if let Some(r) = self.reuse.take() {
+        if let Some(c) = self.check_in.take() {
             if self.complete || self.is_end_stream() {
-                r.put();
+                c.check_in();
             }
         }
         if let Some(w) = self.watch.take() {

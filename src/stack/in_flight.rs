@@ -14,9 +14,9 @@ use http::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use super::answer;
 use super::body::RespBody;
-use crate::error::ErrorKind;
+use super::own_response;
+use crate::error::Refusal;
 
 /// Layer for [`InFlightLimit`].
 #[derive(Clone)]
@@ -90,7 +90,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Ok(answer(ErrorKind::Overloaded, false)));
+            return Poll::Ready(Ok(own_response(&Refusal::Overloaded.into(), false)));
         };
         let Ok(mut resp) = ready!(Pin::new(inner).poll(cx));
         if let Some(permit) = self.permit.take() {

@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 use super::body::{OnDone, ReqProgress, RespBody};
 use super::{headers, Routed, Shared};
 use crate::conn::{ConnActivity, ConnInfo};
-use crate::error::{Answered, ErrorKind};
+use crate::error::{ErrorKind, OwnAnswer};
 use crate::routing::host_without_port;
 use crate::telemetry::RouteKind;
 
@@ -222,7 +222,7 @@ where
         let mut id = finish.request_id.clone();
         id.set_sensitive(true);
         resp.headers_mut().insert(&headers::X_REQUEST_ID, id);
-        let kind = resp.extensions().get::<Answered>().map(|a| a.0);
+        let kind = resp.extensions().get::<OwnAnswer>().map(|a| a.0);
         let route = finish.route;
         {
             let shared = &finish.guard.shared;

@@ -1,7 +1,8 @@
 //! The innermost service: checks a request, rewrites it for its route's
 //! upstream, sends it within `--request-timeout`, and turns what comes back
-//! into the client's response. Every upstream failure becomes portico's own
-//! answer here, so nothing reaches hyper unanswered.
+//! into the client's response. Every failed exchange becomes portico's own
+//! response here ([`crate::error::classify`] names its kind), so nothing
+//! reaches hyper unanswered.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,10 +18,10 @@ use tower::Service;
 use super::body::{ReqBody, ReqProgress, RespBody};
 use super::refuse::refuse;
 use super::timeout::within;
-use super::{answer, headers, rewrite, tunnel, Routed, Shared};
+use super::{headers, own_response, rewrite, tunnel, Routed, Shared};
 use crate::conn::ConnInfo;
-use crate::error::ErrorKind;
-use crate::upstream::{classify_error, H1Response, SendError, Sender, Upstream};
+use crate::error::{classify, ExchangeError};
+use crate::upstream::{Sender, Upstream, UpstreamResponse};
 
 type ExchangeFut = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;
 
@@ -53,7 +54,7 @@ impl Service<Routed> for Proxy {
         // exchange's state.
         match prepare(&self.shared, &self.conn, r) {
             Ok(x) => ProxyFuture::Exchange(Box::pin(exchange(self.shared.clone(), x))),
-            Err(answer) => ProxyFuture::Answered(Some(answer)),
+            Err(own) => ProxyFuture::Refused(Some(own)),
         }
     }
 }
@@ -63,8 +64,8 @@ impl Service<Routed> for Proxy {
 pub enum ProxyFuture {
     /// Waiting for the upstream.
     Exchange(ExchangeFut),
-    /// Refused before it was sent.
-    Answered(Option<Box<Response<RespBody>>>),
+    /// Refused before it was sent: portico's own response.
+    Refused(Option<Box<Response<RespBody>>>),
 }
 
 impl Future for ProxyFuture {
@@ -73,7 +74,7 @@ impl Future for ProxyFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
             ProxyFuture::Exchange(f) => f.as_mut().poll(cx).map(Ok),
-            ProxyFuture::Answered(a) => match a.take() {
+            ProxyFuture::Refused(a) => match a.take() {
                 Some(a) => Poll::Ready(Ok(*a)),
                 // hyper does not poll an answered request's future again.
                 None => Poll::Pending,
@@ -84,7 +85,7 @@ impl Future for ProxyFuture {
 
 /// A request sent to its upstream, and what its answer needs.
 struct Exchange {
-    upstream: Arc<Upstream>,
+    upstream: Arc<Upstream<ReqBody>>,
     route: usize,
     h1: bool,
     progress: Option<Arc<ReqProgress>>,
@@ -109,8 +110,8 @@ fn prepare(
         progress,
         start,
     } = r;
-    if let Some(kind) = refuse(&req, cfg.max_header_bytes, cfg.max_request_body) {
-        return Err(Box::new(answer(kind, h1)));
+    if let Some(r) = refuse(&req, cfg.max_header_bytes, cfg.max_request_body) {
+        return Err(Box::new(own_response(&r.into(), h1)));
     }
     let upstream = shared.upstreams[route].clone();
 
@@ -135,7 +136,8 @@ fn prepare(
 }
 
 /// Sends the request and waits for the upstream's answer within
-/// `--request-timeout`; [`answered`] makes the client's response of it.
+/// `--request-timeout`; [`client_response`] makes the client's response of
+/// it.
 ///
 /// This future is moved into a box per request, so all its room is copied
 /// each time; it is kept small. Not an `async fn`: one would move `x` into a
@@ -178,10 +180,9 @@ fn exchange(shared: Arc<Shared>, x: Exchange) -> impl Future<Output = Response<R
                     x.start,
                 )
                 .await
-                .map(|r| (r, None))
             }
         };
-        answered(
+        client_response(
             &shared,
             &x.upstream,
             x.route,
@@ -192,26 +193,29 @@ fn exchange(shared: Arc<Shared>, x: Exchange) -> impl Future<Output = Response<R
     }
 }
 
-/// The upstream's answer turned into the client's: a failure into portico's
-/// answer, a `101` into a spawned join of the upgrade's two sides.
-fn answered(
+/// The upstream's answer turned into the client's response: a failure into
+/// portico's own, a `101` into a spawned join of the upgrade's two sides.
+fn client_response(
     shared: &Shared,
-    upstream: &Upstream,
+    upstream: &Upstream<ReqBody>,
     route: usize,
     h1: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    result: Result<H1Response, Option<SendError>>,
+    result: Result<UpstreamResponse<ReqBody>, ExchangeError>,
 ) -> Response<RespBody> {
     let cfg = &shared.cfg;
-    let (mut resp, reuse) = match result {
+    let UpstreamResponse {
+        response: mut resp,
+        check_in,
+    } = match result {
         Ok(r) => r,
-        Err(None) => {
+        Err(e @ ExchangeError::Timeout { .. }) => {
             tracing::warn!(upstream = %upstream.addr, route = %shared.route_names[route],
                 "upstream did not answer within --request-timeout");
-            return answer(ErrorKind::UpstreamTimeout, h1);
+            return own_response(&e, h1);
         }
-        Err(Some(e)) => {
-            let kind = classify_error(&e);
+        Err(e) => {
+            let kind = classify(&e);
             let detail = error_chain(&e);
             if kind.is_upstream() {
                 tracing::warn!(upstream = %upstream.addr, route = %shared.route_names[route],
@@ -220,7 +224,7 @@ fn answered(
                 tracing::info!(route = %shared.route_names[route], kind = kind.as_str(),
                     error = %detail, "request refused");
             }
-            return answer(kind, h1);
+            return own_response(&e, h1);
         }
     };
 
@@ -230,7 +234,7 @@ fn answered(
             Some(client) => {
                 tunnel::join(client, hyper::upgrade::on(&mut resp), &shared.drain);
             }
-            None => return answer(ErrorKind::BadUpstreamResponse, h1),
+            None => return own_response(&ExchangeError::UnaskedUpgrade, h1),
         }
     }
     let (mut parts, body) = resp.into_parts();
@@ -246,8 +250,12 @@ fn answered(
     } else {
         cfg.body_timeout
     };
-    let reuse = if switching || doubtful { None } else { reuse };
-    Response::from_parts(parts, RespBody::upstream(body, body_timeout, reuse))
+    let check_in = if switching || doubtful {
+        None
+    } else {
+        check_in
+    };
+    Response::from_parts(parts, RespBody::upstream(body, body_timeout, check_in))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -3,7 +3,7 @@
 use http::{header, Request};
 
 use super::headers;
-use crate::error::ErrorKind;
+use crate::error::Refusal;
 
 /// Why a request must not be forwarded as it is, before anything is sent:
 /// `max_header_bytes` is `--max-header-bytes`, `max_body` is
@@ -12,7 +12,7 @@ pub(super) fn refuse<B>(
     req: &Request<B>,
     max_header_bytes: usize,
     max_body: u64,
-) -> Option<ErrorKind> {
+) -> Option<Refusal> {
     // Userinfo in the target or :authority is an error (RFC 9110 §4.2.4, RFC
     // 9113 §8.3.1). Routing reads only the host, so forwarding `user@host` as
     // `Host` would let the upstream read another host than the one routed on.
@@ -21,7 +21,7 @@ pub(super) fn refuse<B>(
         .authority()
         .is_some_and(|a| a.as_str().contains('@'))
     {
-        return Some(ErrorKind::BadRequest);
+        return Some(Refusal::Userinfo);
     }
     // Ambiguous HTTP/1 framing never gets here: hyper's parser refuses two
     // different Content-Lengths (its plain 400) and, for Content-Length with
@@ -34,7 +34,7 @@ pub(super) fn refuse<B>(
         + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
         + 11;
     if headers::head_size(h, line) > max_header_bytes {
-        return Some(ErrorKind::HeadersTooLarge);
+        return Some(Refusal::HeadersTooLarge);
     }
     if max_body > 0 {
         let declared = h
@@ -42,7 +42,7 @@ pub(super) fn refuse<B>(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            return Some(ErrorKind::BodyTooLarge);
+            return Some(Refusal::BodyTooLarge);
         }
     }
     None
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn userinfo_in_the_authority_is_a_bad_request() {
         let r = req("http://user@a.example/x", &[]);
-        assert_eq!(refuse(&r, 1 << 16, 0), Some(ErrorKind::BadRequest));
+        assert_eq!(refuse(&r, 1 << 16, 0), Some(Refusal::Userinfo));
         let r = req("http://a.example/x?u=user@b", &[]);
         assert_eq!(refuse(&r, 1 << 16, 0), None);
     }
@@ -75,13 +75,13 @@ mod tests {
         let r = req("/x", &[("a", "bbbb")]);
         let size = 4 + 2 + 11 + (1 + 4 + 4) + 2;
         assert_eq!(refuse(&r, size, 0), None);
-        assert_eq!(refuse(&r, size - 1, 0), Some(ErrorKind::HeadersTooLarge));
+        assert_eq!(refuse(&r, size - 1, 0), Some(Refusal::HeadersTooLarge));
     }
 
     #[test]
     fn a_declared_length_over_max_request_body_is_refused_before_sending() {
         let r = req("/x", &[("content-length", "101")]);
-        assert_eq!(refuse(&r, 1 << 16, 100), Some(ErrorKind::BodyTooLarge));
+        assert_eq!(refuse(&r, 1 << 16, 100), Some(Refusal::BodyTooLarge));
         assert_eq!(refuse(&r, 1 << 16, 101), None);
         // 0 is no limit; a length that is not a number is hyper's to refuse.
         assert_eq!(refuse(&r, 1 << 16, 0), None);

@@ -6,13 +6,19 @@
 use http::request::Parts;
 use http::{header, Method, Uri, Version};
 
+use super::body::ReqBody;
 use super::headers;
 use crate::conn::ConnInfo;
 use crate::upstream::Upstream;
 
 /// Rewrites `parts` for `upstream`; `upgrade` keeps the headers an upgrade
 /// needs.
-pub(super) fn for_upstream(parts: &mut Parts, conn: &ConnInfo, upstream: &Upstream, upgrade: bool) {
+pub(super) fn for_upstream(
+    parts: &mut Parts,
+    conn: &ConnInfo,
+    upstream: &Upstream<ReqBody>,
+    upgrade: bool,
+) {
     let host = match parts.uri.authority() {
         Some(a) => conn.client_for.host(a.as_str()),
         None => parts.headers.get(header::HOST).cloned(),

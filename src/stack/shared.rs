@@ -7,6 +7,7 @@ use std::sync::Arc;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::Semaphore;
 
+use super::body::ReqBody;
 use crate::config::Config;
 use crate::routing::RouteTable;
 use crate::shutdown::Drain;
@@ -21,7 +22,7 @@ pub struct Shared {
     /// The route table.
     pub routes: RouteTable,
     /// Upstream clients by route id (the default route last).
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Vec<Arc<Upstream<ReqBody>>>,
     /// Route names by route id.
     pub route_names: Vec<Arc<str>>,
     /// Latency histograms by route id.
@@ -40,7 +41,7 @@ impl Shared {
     /// Builds the shared state: one upstream client per distinct address.
     pub fn new(cfg: Config, metrics: Arc<Metrics>, drain: Arc<Drain>) -> Self {
         let routes = RouteTable::new(cfg.upstream.clone(), cfg.routes.clone());
-        let mut by_addr: Vec<Arc<Upstream>> = Vec::new();
+        let mut by_addr: Vec<Arc<Upstream<ReqBody>>> = Vec::new();
         let mut upstreams = Vec::new();
         let mut route_names = Vec::new();
         let mut route_hist = Vec::new();

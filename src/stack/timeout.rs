@@ -10,27 +10,26 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::body::ReqProgress;
-use crate::upstream::SendError;
+use crate::error::ExchangeError;
 
 /// Waits for `send` within `timeout` (zero: no limit), counted from the end
-/// of the request body when it has one and from `start` otherwise;
-/// `Err(None)` when that passes.
+/// of the request body when it has one and from `start` otherwise.
 pub(super) async fn within<T>(
-    mut send: Pin<&mut impl Future<Output = Result<T, SendError>>>,
+    mut send: Pin<&mut impl Future<Output = Result<T, ExchangeError>>>,
     timeout: Duration,
     progress: &Option<Arc<ReqProgress>>,
     start: Instant,
-) -> Result<T, Option<SendError>> {
+) -> Result<T, ExchangeError> {
     match (timeout, progress) {
-        (t, _) if t.is_zero() => send.await.map_err(Some),
+        (t, _) if t.is_zero() => send.await,
         (t, None) => match tokio::time::timeout_at(start + t, send).await {
-            Ok(r) => r.map_err(Some),
-            Err(_) => Err(None),
+            Ok(r) => r,
+            Err(_) => Err(ExchangeError::Timeout { after: t }),
         },
         (t, Some(p)) => {
             tokio::select! {
-                r = &mut send => r.map_err(Some),
-                _ = timeout_after_body(p, t) => Err(None),
+                r = &mut send => r,
+                _ = timeout_after_body(p, t) => Err(ExchangeError::Timeout { after: t }),
             }
         }
     }
@@ -48,7 +47,7 @@ mod tests {
     use super::*;
 
     /// An upstream that answers `after` from now.
-    async fn answers_after(after: Duration) -> Result<u32, SendError> {
+    async fn answers_after(after: Duration) -> Result<u32, ExchangeError> {
         tokio::time::sleep(after).await;
         Ok(7)
     }
@@ -58,7 +57,10 @@ mod tests {
         let start = Instant::now();
         let send = std::pin::pin!(answers_after(Duration::from_secs(60)));
         let r = within(send, Duration::from_secs(5), &None, start).await;
-        assert!(matches!(r, Err(None)), "timed out");
+        assert!(
+            matches!(r, Err(ExchangeError::Timeout { after }) if after == Duration::from_secs(5)),
+            "timed out"
+        );
         assert_eq!(start.elapsed(), Duration::from_secs(5));
 
         let start = Instant::now();
@@ -81,7 +83,10 @@ mod tests {
         };
         let send = std::pin::pin!(answers_after(Duration::from_secs(600)));
         let r = within(send, Duration::from_secs(5), &Some(p), start).await;
-        assert!(matches!(r, Err(None)), "timed out");
+        assert!(
+            matches!(r, Err(ExchangeError::Timeout { after }) if after == Duration::from_secs(5)),
+            "timed out"
+        );
         // 30 s of upload are not the upstream's time.
         assert_eq!(start.elapsed(), Duration::from_secs(35));
         body_ends.await.expect("body task");

@@ -10,6 +10,9 @@
 //! over [`HEAD_MAX`] or with more than [`HEADERS_MAX`] fields, a bad
 //! `Content-Length`, or a malformed chunk is a bad upstream response, and a
 //! connection whose framing was in doubt is never reused.
+//!
+//! A response body returns its connection, when it has ended, to a [`Pool`]:
+//! all this module knows of the pool it came from.
 
 use std::future::Future;
 use std::io;
@@ -24,8 +27,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::pool::H1Pool;
-use super::{SendError, Stream};
+use super::Stream;
+pub use crate::error::RawError;
 
 /// The largest response head (and chunk trailer section) accepted, as hyper's
 /// client enforced before (Envoy's default is 60 KiB).
@@ -113,15 +116,10 @@ pub fn encode_head<B>(req: &http::Request<B>, out: &mut BytesMut) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Why an exchange on a raw connection failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RawError {
-    /// The primary's answer broke HTTP/1.1.
-    #[error("bad response from the primary: {0}")]
-    Bad(&'static str),
-    /// The connection failed or ended before the head was complete.
-    #[error("connection to the primary failed: {0}")]
-    Io(#[from] io::Error),
+/// Where a connection goes back when the response it carried has ended.
+pub trait Pool: Send + Sync {
+    /// Takes back `conn`, idle now: its response has been read to the end.
+    fn check_in(&self, conn: RawConn);
 }
 
 /// How the rest of the response body is delimited.
@@ -172,10 +170,10 @@ pub enum Again {
 /// the body is read by the returned [`RawBody`], which returns the
 /// connection to `pool` at its end. `Err` says whether the request may go
 /// again.
-pub async fn exchange<B>(
+pub async fn exchange<B, P: Pool + 'static>(
     mut conn: RawConn,
     req: &http::Request<B>,
-    pool: &Arc<H1Pool>,
+    pool: &Arc<P>,
 ) -> Result<Response<RawBody>, (RawError, Again)> {
     // The read buffer is empty between exchanges: the head is encoded in it,
     // so no buffer is allocated per request.
@@ -411,7 +409,7 @@ pub struct RawBody {
     conn: Option<RawConn>,
     framing: Framing,
     keep_alive: bool,
-    pool: Arc<H1Pool>,
+    pool: Arc<dyn Pool>,
 }
 
 impl RawBody {
@@ -425,7 +423,7 @@ impl RawBody {
                 if c.buf.capacity() > READ_MIN {
                     c.buf = BytesMut::new();
                 }
-                self.pool.put_raw(c);
+                self.pool.check_in(c);
             }
         }
     }
@@ -716,12 +714,6 @@ pub fn decode(input: &[u8], method: &Method, piece: usize) -> Result<Decoded, Ra
         trailers,
         reusable: keep_alive && buf.is_empty() && pieces.next().is_none(),
     })
-}
-
-impl From<RawError> for SendError {
-    fn from(e: RawError) -> Self {
-        SendError::Raw(e)
-    }
 }
 
 #[cfg(test)]

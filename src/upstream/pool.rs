@@ -1,24 +1,27 @@
 //! Keep-alive HTTP/1.1 connections to one primary.
 //!
 //! A connection is taken for one exchange and comes back when the response
-//! body has ended, from the body itself ([`Reuse`]); nothing is spawned or
-//! hashed per request. The most recently used connection is taken first, so
-//! under light load the rest age out, and one that was idle longer than the
-//! idle timeout is never used: portico drops it before the primary's own
-//! keep-alive timeout can close it under a request.
+//! body has ended, from the body itself: portico's own
+//! [`RawBody`](super::RawBody) checks its connection in (this pool is its
+//! [`h1::Pool`]), and a body hyper reads comes with a [`CheckIn`] that its
+//! holder uses at the body's end. Nothing is spawned or hashed per request.
+//! The most recently used connection is taken first, so under light load the
+//! rest age out, and one that was idle longer than the idle timeout is never
+//! used: portico drops it before the primary's own keep-alive timeout can
+//! close it under a request.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::h1::{self, Again, RawConn};
-use super::{Connector, SendError, Stream, UpstreamBody};
-use crate::stack::body::ReqBody;
+use super::{Connector, RequestBody, Stream, UpstreamBody, UpstreamResponse};
+use crate::error::ExchangeError;
 
 /// How far hyper grows a connection's read buffer; it also limits the
 /// response head (one read may fill up to twice this; Envoy's default head
@@ -29,12 +32,12 @@ const READ_BUF_MAX: usize = 64 * 1024;
 
 /// An idle connection: one portico drives itself, or one with hyper's
 /// client task (it carried an upload).
-enum Conn {
+enum Conn<B> {
     Raw(RawConn),
-    Hyper(SendRequest<ReqBody>),
+    Hyper(SendRequest<B>),
 }
 
-impl Conn {
+impl<B> Conn<B> {
     fn closed(&self) -> bool {
         match self {
             Self::Raw(c) => c.closed(),
@@ -44,12 +47,12 @@ impl Conn {
 }
 
 /// An idle connection and when it went idle (on [`coarse_now`]'s clock).
-struct Idle {
-    conn: Conn,
+struct Idle<B> {
+    conn: Conn<B>,
     since: Duration,
 }
 
-impl Idle {
+impl<B> Idle<B> {
     /// Idle too long to be used.
     fn expired(&self, now: Duration, timeout: Duration) -> bool {
         now.saturating_sub(self.since) > timeout
@@ -76,31 +79,30 @@ fn coarse_now() -> Duration {
     ORIGIN.get_or_init(std::time::Instant::now).elapsed()
 }
 
-/// Idle HTTP/1.1 connections to one primary, the most recently used last.
-pub struct H1Pool {
-    idle: Mutex<VecDeque<Idle>>,
+/// Idle HTTP/1.1 connections to one primary, the most recently used last,
+/// for requests with bodies of type `B`.
+pub struct H1Pool<B> {
+    idle: Mutex<VecDeque<Idle<B>>>,
     connector: Connector,
     idle_timeout: Duration,
     reaper: AtomicBool,
 }
 
-/// A connection whose response is still being read by hyper; it goes back to
-/// its pool once the response body has ended.
-pub struct Reuse {
-    tx: SendRequest<ReqBody>,
-    pool: Arc<H1Pool>,
+/// The check-in handle of a connection whose response hyper is still
+/// reading: its holder checks it back into its pool once the response body
+/// has ended (dropped unused, the connection closes).
+pub struct CheckIn<B> {
+    tx: SendRequest<B>,
+    pool: Arc<H1Pool<B>>,
 }
 
-impl Reuse {
+impl<B: RequestBody> CheckIn<B> {
     /// Returns the connection to its pool. hyper has usually finished with
     /// the exchange by then; a checkout takes only a connection that is ready.
-    pub fn put(self) {
+    pub fn check_in(self) {
         self.pool.put(Conn::Hyper(self.tx));
     }
 }
-
-/// A response from the primary, with the body of whichever client read it.
-pub type H1Response = (Response<UpstreamBody>, Option<Reuse>);
 
 /// Methods a request of which may go again when its connection failed before
 /// any byte of an answer (RFC 9110 section 9.2.2).
@@ -111,7 +113,13 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-impl H1Pool {
+impl<B: RequestBody> h1::Pool for H1Pool<B> {
+    fn check_in(&self, conn: RawConn) {
+        self.put(Conn::Raw(conn));
+    }
+}
+
+impl<B: RequestBody> H1Pool<B> {
     /// An empty pool whose connections close after `idle_timeout` unused.
     pub fn new(connector: Connector, idle_timeout: Duration) -> Self {
         Self {
@@ -122,7 +130,7 @@ impl H1Pool {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle<B>>> {
         // Nothing panics while holding it; a poisoned queue is still sound.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -133,12 +141,7 @@ impl H1Pool {
         self.lock().len()
     }
 
-    /// Returns a raw connection whose response has ended.
-    pub(super) fn put_raw(&self, c: RawConn) {
-        self.put(Conn::Raw(c));
-    }
-
-    fn put(&self, conn: Conn) {
+    fn put(&self, conn: Conn<B>) {
         if let Conn::Hyper(tx) = &conn {
             if tx.is_closed() {
                 return;
@@ -152,7 +155,7 @@ impl H1Pool {
 
     /// Drops connections idle for longer than `timeout`: they are the oldest,
     /// at the front.
-    fn expire(idle: &mut VecDeque<Idle>, now: Duration, timeout: Duration) {
+    fn expire(idle: &mut VecDeque<Idle<B>>, now: Duration, timeout: Duration) {
         while idle.front().is_some_and(|i| i.expired(now, timeout)) {
             idle.pop_front();
         }
@@ -163,7 +166,7 @@ impl H1Pool {
     /// while it still sends its request body (a primary that answered early)
     /// is not ready, and stays: taking it would hold this request behind that
     /// upload.
-    fn pop(&self, fits: impl Fn(&Conn) -> bool) -> Option<Conn> {
+    fn pop(&self, fits: impl Fn(&Conn<B>) -> bool) -> Option<Conn<B>> {
         let now = coarse_now();
         let mut idle = self.lock();
         let mut skipped = Vec::new();
@@ -192,18 +195,18 @@ impl H1Pool {
     }
 
     /// A new connection.
-    async fn connect(&self) -> Result<RawConn, SendError> {
-        let io = self.connector.connect().await.map_err(SendError::Connect)?;
+    async fn connect(&self) -> Result<RawConn, ExchangeError> {
+        let io = self.connector.connect().await?;
         Ok(RawConn::new(io))
     }
 
     /// Puts hyper's client on a connection.
-    async fn hyper(self: &Arc<Self>, io: Stream) -> Result<SendRequest<ReqBody>, SendError> {
+    async fn hyper(self: &Arc<Self>, io: Stream) -> Result<SendRequest<B>, ExchangeError> {
         let (tx, conn) = Builder::new()
             .max_buf_size(READ_BUF_MAX)
             .handshake(TokioIo::new(io))
             .await
-            .map_err(SendError::Http)?;
+            .map_err(ExchangeError::Http)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -237,9 +240,9 @@ impl H1Pool {
     #[cfg(test)]
     async fn send(
         self: &Arc<Self>,
-        req: Request<ReqBody>,
+        req: Request<B>,
         raw: bool,
-    ) -> Result<H1Response, SendError> {
+    ) -> Result<UpstreamResponse<B>, ExchangeError> {
         if raw {
             self.send_raw(&req).await
         } else {
@@ -257,8 +260,8 @@ impl H1Pool {
     /// was more room in the box each request's exchange is.
     pub async fn send_raw(
         self: &Arc<Self>,
-        req: &Request<ReqBody>,
-    ) -> Result<H1Response, SendError> {
+        req: &Request<B>,
+    ) -> Result<UpstreamResponse<B>, ExchangeError> {
         let idempotent = idempotent(req.method());
         loop {
             let (conn, reused) = match self.pop(|c| matches!(c, Conn::Raw(_))) {
@@ -271,7 +274,12 @@ impl H1Pool {
                 }
             };
             match h1::exchange(conn, req, self).await {
-                Ok(resp) => return Ok((resp.map(UpstreamBody::Raw), None)),
+                Ok(resp) => {
+                    return Ok(UpstreamResponse {
+                        response: resp.map(UpstreamBody::Raw),
+                        check_in: None,
+                    })
+                }
                 Err((_, Again::Always)) if reused => continue,
                 Err((_, Again::IfIdempotent)) if reused && idempotent => continue,
                 Err((e, _)) => return Err(e.into()),
@@ -284,8 +292,8 @@ impl H1Pool {
     /// closed before the request left.
     pub async fn send_hyper(
         self: &Arc<Self>,
-        mut req: Request<ReqBody>,
-    ) -> Result<H1Response, SendError> {
+        mut req: Request<B>,
+    ) -> Result<UpstreamResponse<B>, ExchangeError> {
         loop {
             let (mut tx, reused) = match self.pop(|_| true) {
                 Some(Conn::Hyper(tx)) => (tx, true),
@@ -299,11 +307,14 @@ impl H1Pool {
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let pool = self.clone();
-                    return Ok((resp.map(UpstreamBody::Hyper), Some(Reuse { tx, pool })));
+                    return Ok(UpstreamResponse {
+                        response: resp.map(UpstreamBody::Hyper),
+                        check_in: Some(CheckIn { tx, pool }),
+                    });
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
-                    _ => return Err(SendError::Http(e.into_error())),
+                    _ => return Err(ExchangeError::Http(e.into_error())),
                 },
             }
         }
@@ -313,13 +324,18 @@ impl H1Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::RawError;
     use crate::routing::UpstreamAddr;
-    use crate::upstream::RawError;
+    use bytes::Bytes;
+    use http_body_util::Empty;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    fn get(path: &str) -> Request<ReqBody> {
-        let mut r = Request::new(ReqBody::empty());
+    /// Requests in these tests carry no body: any body type will do.
+    type Body = Empty<Bytes>;
+
+    fn get(path: &str) -> Request<Body> {
+        let mut r = Request::new(Body::new());
         *r.uri_mut() = http::Uri::try_from(path).expect("path");
         r.headers_mut()
             .insert(http::header::HOST, http::HeaderValue::from_static("app"));
@@ -379,7 +395,7 @@ mod tests {
     async fn pool_to_primary(
         idle_timeout: Duration,
     ) -> (
-        Arc<H1Pool>,
+        Arc<H1Pool<Body>>,
         tokio::sync::mpsc::UnboundedReceiver<&'static str>,
     ) {
         let (addr, events) = primary().await;
@@ -387,22 +403,26 @@ mod tests {
         (Arc::new(H1Pool::new(c, idle_timeout)), events)
     }
 
-    async fn body(resp: Response<UpstreamBody>, reuse: Option<Reuse>) -> String {
+    async fn body(r: UpstreamResponse<Body>) -> String {
         use http_body_util::BodyExt;
-        let b = resp.into_body().collect().await.expect("body").to_bytes();
-        if let Some(r) = reuse {
-            r.put();
+        let b = r.response.into_body().collect().await.expect("body");
+        if let Some(c) = r.check_in {
+            c.check_in();
         }
-        String::from_utf8_lossy(&b).into_owned()
+        String::from_utf8_lossy(&b.to_bytes()).into_owned()
+    }
+
+    fn status(r: &UpstreamResponse<Body>) -> u16 {
+        r.response.status().as_u16()
     }
 
     #[tokio::test]
     async fn a_connection_comes_back_when_its_body_ends_and_is_taken_again() {
         let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
         for _ in 0..5 {
-            let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-            assert_eq!(resp.status(), 200);
-            assert_eq!(body(resp, reuse).await, "ok");
+            let r = pool.send(get("/"), true).await.expect("answer");
+            assert_eq!(status(&r), 200);
+            assert_eq!(body(r).await, "ok");
             assert_eq!(pool.idle_count(), 1);
         }
         assert_eq!(events.recv().await, Some("accepted"));
@@ -412,8 +432,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_idle_past_the_idle_timeout_is_closed_without_a_request() {
         let (pool, mut events) = pool_to_primary(Duration::from_millis(100)).await;
-        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-        assert_eq!(body(resp, reuse).await, "ok");
+        let r = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(r).await, "ok");
         assert_eq!(events.recv().await, Some("accepted"));
         let eof = tokio::time::timeout(Duration::from_secs(2), events.recv()).await;
         assert_eq!(eof.expect("closed within 2 s"), Some("eof"));
@@ -423,11 +443,11 @@ mod tests {
     #[tokio::test]
     async fn a_connection_whose_body_was_not_read_to_its_end_is_not_reused() {
         let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
-        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-        drop((resp, reuse));
+        let r = pool.send(get("/"), true).await.expect("answer");
+        drop(r);
         assert_eq!(pool.idle_count(), 0);
-        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-        assert_eq!(body(resp, reuse).await, "ok");
+        let r = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(r).await, "ok");
         let mut seen = Vec::new();
         for _ in 0..3 {
             seen.push(events.recv().await.expect("event"));
@@ -442,8 +462,8 @@ mod tests {
         let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
         let pool = Arc::new(H1Pool::new(c, Duration::from_secs(30)));
         for _ in 0..3 {
-            let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-            assert_eq!(body(resp, reuse).await, "ok");
+            let r = pool.send(get("/"), true).await.expect("answer");
+            assert_eq!(body(r).await, "ok");
         }
         let mut seen = Vec::new();
         while let Ok(Some(e)) =
@@ -459,19 +479,19 @@ mod tests {
         let (addr, _events) = primary_answering(1).await;
         let c = Connector::new(&UpstreamAddr::Http(addr), Duration::from_secs(1));
         let pool = Arc::new(H1Pool::new(c, Duration::from_secs(30)));
-        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-        assert_eq!(body(resp, reuse).await, "ok");
+        let r = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(r).await, "ok");
         // The pooled connection looks alive, so the next request is written
         // to it; the primary reads it and closes without a byte of answer.
-        let (resp, reuse) = pool.send(get("/again"), true).await.expect("sent again");
-        assert_eq!(body(resp, reuse).await, "ok");
+        let r = pool.send(get("/again"), true).await.expect("sent again");
+        assert_eq!(body(r).await, "ok");
 
-        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-        assert_eq!(body(resp, reuse).await, "ok");
+        let r = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(r).await, "ok");
         let mut post = get("/");
         *post.method_mut() = Method::POST;
         match pool.send(post, true).await {
-            Err(SendError::Raw(RawError::Io(_))) => {}
+            Err(ExchangeError::Raw(RawError::Io(_))) => {}
             Err(e) => panic!("expected a connection error, got {e}"),
             Ok(_) => panic!("a POST the primary may have seen must not go again"),
         }
@@ -480,16 +500,16 @@ mod tests {
     #[tokio::test]
     async fn an_idle_raw_connection_carries_a_request_through_hyper_and_stays_with_it() {
         let (pool, mut events) = pool_to_primary(Duration::from_secs(30)).await;
-        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-        assert!(reuse.is_none(), "read by portico itself");
-        assert_eq!(body(resp, reuse).await, "ok");
-        let (resp, reuse) = pool.send(get("/"), false).await.expect("answer");
-        assert!(reuse.is_some(), "read by hyper");
-        assert_eq!(body(resp, reuse).await, "ok");
+        let r = pool.send(get("/"), true).await.expect("answer");
+        assert!(r.check_in.is_none(), "read by portico itself");
+        assert_eq!(body(r).await, "ok");
+        let r = pool.send(get("/"), false).await.expect("answer");
+        assert!(r.check_in.is_some(), "read by hyper");
+        assert_eq!(body(r).await, "ok");
         assert_eq!(pool.idle_count(), 1);
         // A bodiless request opens its own rather than queue on hyper's.
-        let (resp, reuse) = pool.send(get("/"), true).await.expect("answer");
-        assert_eq!(body(resp, reuse).await, "ok");
+        let r = pool.send(get("/"), true).await.expect("answer");
+        assert_eq!(body(r).await, "ok");
         assert_eq!(pool.idle_count(), 2);
         assert_eq!(events.recv().await, Some("accepted"));
         assert_eq!(events.recv().await, Some("accepted"));
