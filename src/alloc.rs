@@ -22,8 +22,8 @@ const COLLECT_EVERY: Duration = Duration::from_secs(1);
 ///
 /// mimalloc does that work only from the allocation and free calls of the
 /// thread that owns a page, so a worker that goes idle after a burst kept
-/// everything the burst freed resident until it was busy again: +54 MiB in
-/// the soak test with 1.1 MiB live, -10 MiB once each worker had collected.
+/// everything the burst freed resident until it was busy again (the soak
+/// test, `tests/soak.rs`, bounds the resident size after its bursts).
 /// A normal (not forced) collection leaves full pages and the purge delay to
 /// mimalloc, so a busy worker pays one call a second.
 pub fn collect_when_idle() {
@@ -50,8 +50,8 @@ pub fn collect_when_idle() {
 /// The `mimalloc` crate sends every allocation to `mi_malloc_aligned`,
 /// whose fast path only covers blocks up to 1 KiB: larger ones whose size
 /// is not a power of two (hyper's and rustls's buffers) take its
-/// over-allocating fallback even when asked for alignment 1. callgrind
-/// counted about 1,400 instructions a request in it under S2.
+/// over-allocating fallback even when asked for alignment 1, which shows in
+/// `benches/callgrind.sh S2`'s profile.
 pub struct MiMalloc;
 
 /// Whether `mi_malloc(size)` is already aligned to `align`. Its size

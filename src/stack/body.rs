@@ -24,9 +24,9 @@ use crate::upstream::{CheckIn, UpstreamBody};
 /// An idle timer for a body: armed on the first `Pending`, re-armed lazily.
 /// The wait is timed from the first `Pending` after the last progress, so a
 /// body that never waits (most small ones) never reads the clock (two reads
-/// per request, ~45 ns each on this project's VMs). A body that hyper
-/// did not poll for a while (the peer was not taking what it had) is not
-/// counted as idle for that while.
+/// per request; `upstream/pool.rs`'s `coarse_now` says why they count). A
+/// body that hyper did not poll for a while (the peer was not taking what it
+/// had) is not counted as idle for that while.
 struct IdleTimer {
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,

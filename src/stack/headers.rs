@@ -203,9 +203,9 @@ const POOLED_IDS: usize = 128;
 
 /// 16 random bytes from aws-lc-rs's generator, already there for TLS, rather
 /// than a second RNG crate (uuid's `fast-rng` is rand's ChaCha). One call to
-/// it costs about as much as a proxied request's header work (~0.5 us in
-/// `benches/hotpath.rs`, `request_id_fresh`), so each thread draws 128 ids'
-/// worth at a time.
+/// it costs about as much as a proxied request's header work (compare
+/// `request_id_fresh` with the header benches in `benches/hotpath.rs`), so
+/// each thread draws 128 ids' worth at a time.
 fn random_16() -> [u8; 16] {
     thread_local! {
         static POOL: std::cell::RefCell<([u8; 16 * POOLED_IDS], usize)> =

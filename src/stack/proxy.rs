@@ -141,7 +141,7 @@ fn prepare(
 ///
 /// This future is moved into a box per request, so all its room is copied
 /// each time; it is kept small. Not an `async fn`: one would move `x` into a
-/// local beside its own copy of the argument (392 bytes twice). The send
+/// local beside its own copy of the argument (the room twice). The send
 /// future is pinned in place, once, in the arm that makes it (awaited by value
 /// or through a wrapper, it would be moved and given room again per layer);
 /// the raw exchange borrows the request rather than holding a copy; hyper's

@@ -3,8 +3,8 @@
 //! task, on a connection that has no task of its own. hyper's client, kept for
 //! uploads and upgrades, runs a task per connection and hands each request
 //! and response through channels to it; without that hand-off a proxied
-//! request costs 13 % (HTTP/2) to 16 % (HTTP/1.1) fewer instructions
-//! (`benches/callgrind.sh`).
+//! request costs markedly fewer instructions (`benches/callgrind.sh S1` and
+//! `S2` measure it; docs/perf-log.md has the figures).
 //!
 //! The response is framed as RFC 9112 section 6.3 says, strictly: a head
 //! over [`HEAD_MAX`] or with more than [`HEADERS_MAX`] fields, a bad

@@ -61,9 +61,10 @@ impl<B> Idle<B> {
 
 /// The time on a clock for idle ages. On Linux the kernel's coarse monotonic
 /// clock (its tick, a few milliseconds, read from the vDSO without a TSC
-/// read): a put and a take per request, at ~45 ns each for `Instant::now`
-/// on this project's VMs, were ~0.4 % of a small request's CPU, for ages
-/// compared with timeouts of seconds.
+/// read): a put and a take per request read it, and `Instant::now` costs
+/// enough to show in a small request's profile (`benches/callgrind.sh S1`;
+/// docs/perf-log.md has the figure), for ages compared with timeouts of
+/// seconds.
 #[cfg(target_os = "linux")]
 fn coarse_now() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
@@ -267,7 +268,7 @@ impl<B: RequestBody> H1Pool<B> {
             let (conn, reused) = match self.pop(|c| matches!(c, Conn::Raw(_))) {
                 Some(Conn::Raw(c)) => (c, true),
                 _ => {
-                    // Boxed: a connect's future (360 bytes) is rare room.
+                    // Boxed: a connect's future is large, and rarely needed.
                     let c = Box::pin(self.connect()).await?;
                     self.start_reaper();
                     (c, false)
