@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use portico::conn::ClientFor;
 use portico::routing::{host_without_port, Route, RouteTable, UpstreamAddr};
-use portico::stack::headers::{
-    add_forwarded, request_id, strip_hop_by_hop, ClientFor, X_REQUEST_ID,
-};
+use portico::stack::headers::{add_forwarded, request_id, strip_hop_by_hop, X_REQUEST_ID};
 
 const ROUTES: &[&str] = &[
     "/metrics=http://127.0.0.1:9090",

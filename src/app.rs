@@ -8,11 +8,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
-use crate::certs::reload::{self, Reloader};
 use crate::certs::{self, CertStore, LoadError};
 use crate::config::{Config, Opt};
 use crate::listener;
 use crate::readiness::{self, Readiness};
+use crate::reload::{self, Reloader};
 use crate::shutdown::{reached, Drain, Phase};
 use crate::stack::Shared;
 use crate::telemetry::{Metrics, NameLabel};

@@ -2,7 +2,6 @@
 //! reload can swap, and picked per handshake by SNI.
 
 pub mod load;
-pub mod reload;
 pub mod self_signed;
 
 use std::sync::Arc;

@@ -14,12 +14,13 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::config::Config;
+use crate::conn::ConnInfo;
 use crate::proxy_protocol::{self, ReadError};
 use crate::server;
 use crate::shutdown::{reached, Phase};
 use crate::stack::Shared;
 use crate::tls::stream::TlsStream;
-use crate::tls::{ConnInfo, HandshakeError, TlsAcceptor};
+use crate::tls::{HandshakeError, TlsAcceptor};
 
 /// Accepts until the drain closes the listener.
 pub async fn run(listener: TcpListener, tls: Arc<TlsAcceptor>, shared: Arc<Shared>) {

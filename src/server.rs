@@ -1,12 +1,16 @@
 //! The HTTP stage for one client connection: hyper's HTTP/1.1 or HTTP/2 server,
-//! as ALPN chose, and the connection's own clock for SPEC's
-//! header-read and idle timeouts, which hyper does not separate: its
-//! header-read timer also runs while a keep-alive connection is idle.
+//! as ALPN chose, run against the connection's own clock
+//! ([`ConnActivity`]) for the reference's header-read and idle timeouts,
+//! which hyper does not separate: its header-read timer also runs while a
+//! keep-alive connection is idle.
+//!
+//! It serves any [`ClientStream`] (the listener hands it the TLS stage's
+//! stream), so it imports nothing of the TLS stage; there is one such stream
+//! in the binary, and so one instance of this code.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,197 +19,19 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::conn::{ClientStream, ConnActivity, ConnInfo, Expired};
 use crate::shutdown::{reached, Phase};
 use crate::stack::{self, Shared};
-use crate::tls::stream::{Linger, TlsStream};
-use crate::tls::ConnInfo;
-
-/// A connection's request activity, shared by its I/O, its service and its
-/// clock. Plain atomics, and no wake-up per request: the clock looks at them
-/// when its timer fires and re-arms itself, so a busy connection costs a timer
-/// per timeout period, not a notification per request.
-#[derive(Debug)]
-pub struct ConnActivity {
-    origin: Instant,
-    in_flight: AtomicU32,
-    served_any: AtomicBool,
-    /// When the connection last became idle, in nanoseconds since `origin`.
-    idle_since: AtomicU64,
-    /// When the first byte of a next head arrived (nanoseconds since `origin`,
-    /// plus one; zero: none yet).
-    head_started: AtomicU64,
-    /// Idle with no byte of a next request yet: the I/O records the first byte.
-    awaiting_first_byte: AtomicBool,
-    /// A response body waited `--body-timeout` for the client to take it.
-    client_stalled: AtomicBool,
-    /// portico began the close itself (a drain, a timeout's GOAWAY), with no
-    /// request cut short: the close lingers only over bytes already sent.
-    closed_by_us: AtomicBool,
-    /// The connection became a tunnel (101): its close must not linger, as
-    /// the tunnel's other direction still reads the client's bytes.
-    upgraded: AtomicBool,
-    /// Woken only for `client_stalled`, which must act at once.
-    changed: Notify,
-}
-
-/// Which timer closed a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expired {
-    HeaderRead,
-    Idle,
-    ClientStalled,
-}
-
-impl ConnActivity {
-    fn new(track_heads: bool) -> Self {
-        Self {
-            origin: Instant::now(),
-            in_flight: AtomicU32::new(0),
-            served_any: AtomicBool::new(false),
-            idle_since: AtomicU64::new(0),
-            head_started: AtomicU64::new(0),
-            awaiting_first_byte: AtomicBool::new(track_heads),
-            client_stalled: AtomicBool::new(false),
-            closed_by_us: AtomicBool::new(false),
-            upgraded: AtomicBool::new(false),
-            changed: Notify::new(),
-        }
-    }
-
-    fn since_origin(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.origin)
-            .as_nanos() as u64
-    }
-
-    fn at(&self, nanos: u64) -> Instant {
-        self.origin + Duration::from_nanos(nanos)
-    }
-
-    /// A request head has arrived complete.
-    pub fn request_started(&self) {
-        self.awaiting_first_byte.store(false, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.served_any.store(true, Ordering::Relaxed);
-        self.head_started.store(0, Ordering::Relaxed);
-    }
-
-    /// A response has been sent (or abandoned).
-    pub fn request_finished(&self, track_heads: bool) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle_since
-                .store(self.since_origin(), Ordering::Relaxed);
-            self.head_started.store(0, Ordering::Relaxed);
-            if track_heads {
-                self.awaiting_first_byte.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// A 101 is being answered: the connection becomes a tunnel.
-    pub fn upgraded(&self) {
-        self.upgraded.store(true, Ordering::Relaxed);
-    }
-
-    /// A response body has waited `--body-timeout` for the client to take it
-    /// (see `RespBody`): the connection is closed.
-    pub fn client_stalled(&self) {
-        self.client_stalled.store(true, Ordering::Release);
-        self.changed.notify_one();
-    }
-
-    fn first_byte(&self) {
-        if self.awaiting_first_byte.swap(false, Ordering::Relaxed)
-            && self.in_flight.load(Ordering::Acquire) == 0
-        {
-            let _ = self.head_started.compare_exchange(
-                0,
-                self.since_origin() + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    /// The timeout that applies now, and when to look again in case the state
-    /// changed without telling (a request began or ended, a head started).
-    fn next(
-        &self,
-        header: Option<Duration>,
-        idle: Option<Duration>,
-    ) -> (Option<(Instant, Expired)>, Option<Instant>) {
-        let now = Instant::now();
-        let period = match (header, idle) {
-            (Some(h), Some(i)) => Some(h.min(i)),
-            (h, i) => h.or(i),
-        };
-        let recheck = period.map(|d| now + d);
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return (None, recheck);
-        }
-        let head = self.head_started.load(Ordering::Acquire);
-        let idle_since = self.at(self.idle_since.load(Ordering::Acquire));
-        if head != 0 {
-            (
-                header.map(|d| (self.at(head - 1) + d, Expired::HeaderRead)),
-                recheck,
-            )
-        } else if !self.served_any.load(Ordering::Acquire) {
-            (
-                header.map(|d| (idle_since + d, Expired::HeaderRead)),
-                recheck,
-            )
-        } else {
-            // While idle, look every header-read period for a head that began.
-            let look = if self.awaiting_first_byte.load(Ordering::Relaxed) {
-                header.map(|d| now + d)
-            } else {
-                recheck
-            };
-            (idle.map(|d| (idle_since + d, Expired::Idle)), look)
-        }
-    }
-
-    /// Resolves when the header-read or idle timeout has passed.
-    async fn expired(&self, header: Option<Duration>, idle: Option<Duration>) -> Expired {
-        loop {
-            let notified = self.changed.notified();
-            if self.client_stalled.load(Ordering::Acquire) {
-                return Expired::ClientStalled;
-            }
-            let (due, look) = self.next(header, idle);
-            if let Some((at, kind)) = due {
-                if Instant::now() >= at {
-                    return kind;
-                }
-            }
-            let wake = match (due.map(|d| d.0), look) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match wake {
-                Some(at) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = notified => {}
-                    }
-                }
-                None => notified.await,
-            }
-        }
-    }
-}
 
 /// The client stream, telling the connection's clock when a request head begins.
-struct ActivityIo {
-    inner: Box<TlsStream>,
+struct ActivityIo<S> {
+    inner: Box<S>,
     activity: Arc<ConnActivity>,
 }
 
-impl AsyncRead for ActivityIo {
+impl<S: ClientStream> AsyncRead for ActivityIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -214,15 +40,14 @@ impl AsyncRead for ActivityIo {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && this.activity.awaiting_first_byte.load(Ordering::Relaxed)
-        {
-            this.activity.first_byte();
+        if buf.filled().len() > before {
+            this.activity.bytes_read();
         }
         r
     }
 }
 
-impl AsyncWrite for ActivityIo {
+impl<S: ClientStream> AsyncWrite for ActivityIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -259,15 +84,7 @@ impl AsyncWrite for ActivityIo {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let a = &this.activity;
-        let linger = if a.upgraded.load(Ordering::Relaxed) {
-            Linger::Never
-        } else if a.closed_by_us.load(Ordering::Relaxed) {
-            Linger::IfUnread
-        } else {
-            Linger::Always
-        };
-        this.inner.poll_close(cx, linger)
+        this.inner.poll_close(cx, this.activity.linger())
     }
 }
 
@@ -287,9 +104,9 @@ fn opt(d: Duration) -> Option<Duration> {
 /// The client stream as hyper sees it. Boxed: the TLS state is the largest
 /// part of a connection and is then allocated once, at its exact size, rather
 /// than inside every future that passes it on.
-type ClientIo = TokioIo<ActivityIo>;
+type ClientIo<S> = TokioIo<ActivityIo<S>>;
 
-/// Serves HTTP on one TLS connection until it closes, times out or drains.
+/// Serves HTTP on one client connection until it closes, times out or drains.
 ///
 /// ALPN has already fixed the protocol, so the connection is hyper's HTTP/1.1
 /// or HTTP/2 server directly, not hyper-util's auto connection, which sizes
@@ -297,8 +114,8 @@ type ClientIo = TokioIo<ActivityIo>;
 /// is created when the client's first bytes arrive, so a connection that only
 /// completed its handshake costs its TLS state and little else (S5 in
 /// benches/). The returned future is boxed at its own size for the same reason.
-pub fn serve(
-    stream: TlsStream,
+pub fn serve<S: ClientStream>(
+    stream: S,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -325,10 +142,10 @@ fn head_backstop(cfg: &crate::config::Config) -> usize {
 }
 
 type Svc = TowerToHyperService<stack::Stack>;
-type H1Conn = http1::UpgradeableConnection<ClientIo, Svc>;
-type H2Conn = http2::Connection<ClientIo, Svc, TokioExecutor>;
+type H1Conn<S> = http1::UpgradeableConnection<ClientIo<S>, Svc>;
+type H2Conn<S> = http2::Connection<ClientIo<S>, Svc, TokioExecutor>;
 
-fn http1_conn(io: ClientIo, svc: Svc, shared: &Shared) -> Pin<Box<H1Conn>> {
+fn http1_conn<S: ClientStream>(io: ClientIo<S>, svc: Svc, shared: &Shared) -> Pin<Box<H1Conn<S>>> {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .max_buf_size(head_backstop(&shared.cfg))
@@ -342,7 +159,7 @@ fn http1_conn(io: ClientIo, svc: Svc, shared: &Shared) -> Pin<Box<H1Conn>> {
     Box::pin(conn)
 }
 
-fn http2_conn(io: ClientIo, svc: Svc, shared: &Shared) -> Pin<Box<H2Conn>> {
+fn http2_conn<S: ClientStream>(io: ClientIo<S>, svc: Svc, shared: &Shared) -> Pin<Box<H2Conn<S>>> {
     let backstop = head_backstop(&shared.cfg);
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -366,13 +183,13 @@ trait GracefulShutdown: Future<Output = Result<(), hyper::Error>> {
     fn graceful(self: Pin<&mut Self>);
 }
 
-impl GracefulShutdown for H1Conn {
+impl<S: ClientStream> GracefulShutdown for H1Conn<S> {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-impl GracefulShutdown for H2Conn {
+impl<S: ClientStream> GracefulShutdown for H2Conn<S> {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -381,19 +198,20 @@ impl GracefulShutdown for H2Conn {
 /// Whether the client has sent anything since the handshake: the TLS stream
 /// may already hold the first request (sent in the flight with the client's
 /// Finished), or the socket has bytes (or an end) to read.
-async fn first_bytes(io: &mut ClientIo) {
+async fn first_bytes<S: ClientStream>(io: &mut ClientIo<S>) {
     let _ = io.inner_mut().inner.input().await;
 }
 
 /// Runs a connection against the connection's clock and the drain: first
 /// waiting for the client's first bytes, then in hyper.
-async fn drive<C>(
-    mut io: ClientIo,
-    make: fn(ClientIo, Svc, &Shared) -> Pin<Box<C>>,
+async fn drive<S, C>(
+    mut io: ClientIo<S>,
+    make: fn(ClientIo<S>, Svc, &Shared) -> Pin<Box<C>>,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
     activity: Arc<ConnActivity>,
 ) where
+    S: ClientStream,
     C: GracefulShutdown + ?Sized,
 {
     let h2 = info.h2;
@@ -430,7 +248,7 @@ async fn drive<C>(
                 return;
             }
             _ = reached(&mut phase, Phase::Closing), if !closing => {
-                activity.closed_by_us.store(true, Ordering::Relaxed);
+                activity.close_begun();
                 conn.as_mut().graceful();
                 closing = true;
             }
@@ -444,7 +262,7 @@ async fn drive<C>(
                     Expired::ClientStalled => return,
                 };
                 if h2 {
-                    activity.closed_by_us.store(true, Ordering::Relaxed);
+                    activity.close_begun();
                     conn.as_mut().graceful();
                     closing = true;
                     give_up = grace.map(|g| Instant::now() + g);

@@ -38,9 +38,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
+use crate::conn::{ConnActivity, ConnInfo};
 use crate::error::{classify, ExchangeError, OwnAnswer};
-use crate::server::ConnActivity;
-use crate::tls::ConnInfo;
 use body::{ReqProgress, RespBody};
 
 pub use in_flight::{InFlightFuture, InFlightLimit, InFlightLimitLayer};

@@ -1,7 +1,9 @@
 //! The TLS stage: rustls server configuration (versions, ALPN, server cipher
 //! order, session tickets, client verification) and the timed handshake that
-//! turns a TCP stream into a TLS stream plus what the request stage needs to
-//! know about the connection.
+//! turns a TCP stream into a TLS stream (the HTTP stage's
+//! [`ClientStream`](crate::conn::ClientStream)) plus the connection's facts
+//! ([`ConnInfo`]: the SNI, noted here by the handshake's certificate
+//! resolver, the TLS version, ALPN, the client certificate).
 
 pub mod san;
 pub mod stream;
@@ -26,31 +28,11 @@ use x509_parser::prelude::*;
 
 use crate::certs::CertStore;
 use crate::config::{ClientAuth, Config};
-use crate::stack::headers::ClientFor;
+use crate::conn::{ClientFor, ConnInfo};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use san::{ClientIdentity, SanPattern};
 use stream::TlsStream;
-
-/// What the HTTP stage knows about a client connection.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The client's address as the forwarding headers carry it.
-    pub client_for: ClientFor,
-    /// The TLS listener's port, as `X-Forwarded-Port` gives it (built once
-    /// per listener: cloning it allocates nothing).
-    pub port: HeaderValue,
-    /// The SNI the client sent.
-    pub sni: Option<Box<str>>,
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub tls_version: &'static str,
-    /// ALPN chose HTTP/2.
-    pub h2: bool,
-    /// The `X-Forwarded-Client-Cert` value for a verified client certificate.
-    pub xfcc: Option<HeaderValue>,
-}
 
 /// Why a handshake did not complete.
 #[derive(Debug, thiserror::Error)]

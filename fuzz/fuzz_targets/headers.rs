@@ -18,9 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use portico::stack::headers::{
-    add_forwarded, request_id, strip_hop_by_hop, valid_request_id, ClientFor,
-};
+use portico::conn::ClientFor;
+use portico::stack::headers::{add_forwarded, request_id, strip_hop_by_hop, valid_request_id};
 
 const HOP: &[&str] = &[
     "connection",

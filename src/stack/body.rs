@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use crate::conn::ConnActivity;
 pub use crate::error::BodyError;
-use crate::server::ConnActivity;
 use crate::upstream::{CheckIn, UpstreamBody};
 
 /// An idle timer for a body: armed on the first `Pending`, re-armed lazily.

@@ -2,10 +2,9 @@
 //! forwarding headers, the request id, and the client-certificate header.
 //! Plain functions over a `HeaderMap`, so each rule is tested alone.
 
-use std::net::IpAddr;
-use std::sync::OnceLock;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::conn::ClientFor;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -61,49 +60,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool, te_trailers: bool) {
     }
 }
 
-/// The client's address as the forwarding headers carry it, formatted once per
-/// connection instead of on every request.
-#[derive(Clone, Debug)]
-pub struct ClientFor {
-    /// `X-Forwarded-For`'s element: the address.
-    xff: HeaderValue,
-    /// `Forwarded`'s element without a host: `for=192.0.2.7;proto=https`, or
-    /// `for="[2001:db8::1]";proto=https`.
-    forwarded: HeaderValue,
-    /// The first host this connection's requests named, and the `Forwarded`
-    /// value made for it: a connection's requests (an HTTP/2 connection's
-    /// streams above all) nearly always name one host, so both are built once.
-    first_host: OnceLock<(HeaderValue, HeaderValue)>,
-}
-
-impl ClientFor {
-    /// The elements for a client at `ip`.
-    pub fn new(ip: IpAddr) -> Self {
-        let mut buf = [0u8; 48];
-        let text = ip_text(ip, &mut buf);
-        let forwarded = match ip {
-            IpAddr::V4(_) => format!("for={text};proto=https"),
-            IpAddr::V6(_) => format!("for=\"[{text}]\";proto=https"),
-        };
-        let shared =
-            |s: String| owned_value(s).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self {
-            xff: shared(text.to_owned()),
-            forwarded: shared(forwarded),
-            first_host: OnceLock::new(),
-        }
-    }
-
-    /// The `Host` value for a request's authority: the connection's first
-    /// host again when it is the same (no validation, no copy).
-    pub fn host(&self, authority: &str) -> Option<HeaderValue> {
-        match self.first_host.get() {
-            Some((host, _)) if host.as_bytes() == authority.as_bytes() => Some(host.clone()),
-            _ => HeaderValue::from_str(authority).ok(),
-        }
-    }
-}
-
 /// Whether `n` is one of the hop-by-hop headers portico always looks for
 /// (headers named in `Connection` go only with `Connection` itself).
 fn is_hop_by_hop(n: &HeaderName) -> bool {
@@ -126,12 +82,12 @@ pub fn add_forwarded(
     // connection's, shared (cloning them allocates nothing); a joined value is
     // built once and handed to its HeaderValue uncopied.
     let xff = if h.contains_key(&XFF) {
-        let ip = client.xff.as_bytes();
+        let ip = client.xff().as_bytes();
         let mut joined = existing(h, &XFF, ip.len());
         joined.push_str(std::str::from_utf8(ip).unwrap_or_default());
         owned_value(joined).ok()
     } else {
-        Some(client.xff.clone())
+        Some(client.xff().clone())
     };
     if let Some(v) = xff {
         h.insert(&XFF, v);
@@ -149,7 +105,7 @@ pub fn add_forwarded(
 
     let earlier = h.contains_key(header::FORWARDED);
     let host_value = host;
-    if let (false, Some(v), Some((first, fwd))) = (earlier, host_value, client.first_host.get()) {
+    if let (false, Some(v), Some((first, fwd))) = (earlier, host_value, client.first_host()) {
         if v.as_bytes() == first.as_bytes() {
             h.insert(header::FORWARDED, fwd.clone());
             return;
@@ -157,10 +113,10 @@ pub fn add_forwarded(
     }
     let host = host_value.and_then(|v| v.to_str().ok());
     if host.is_none() && !earlier {
-        h.insert(header::FORWARDED, client.forwarded.clone());
+        h.insert(header::FORWARDED, client.forwarded().clone());
         return;
     }
-    let element = std::str::from_utf8(client.forwarded.as_bytes()).unwrap_or_default();
+    let element = std::str::from_utf8(client.forwarded().as_bytes()).unwrap_or_default();
     let mut fwd = if earlier {
         existing(
             h,
@@ -196,18 +152,10 @@ pub fn add_forwarded(
     if let Ok(v) = owned_value(fwd) {
         // Only a value made from the host alone is the connection's to keep.
         if let (false, Some(hv)) = (earlier, host_value) {
-            let _ = client.first_host.set((hv.clone(), v.clone()));
+            client.keep_first_host(hv.clone(), v.clone());
         }
         h.insert(header::FORWARDED, v);
     }
-}
-
-/// An address as text in `buf` (the longest IPv6 text is 45 bytes).
-fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &str {
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
-    let n = usize::try_from(cursor.position()).unwrap_or(0);
-    std::str::from_utf8(&buf[..n]).unwrap_or_default()
 }
 
 /// Every value already there, each followed by `, `, with room for `more`.

@@ -18,11 +18,10 @@ use tower::{Layer, Service};
 
 use super::body::{OnDone, ReqProgress, RespBody};
 use super::{headers, Routed, Shared};
+use crate::conn::{ConnActivity, ConnInfo};
 use crate::error::{ErrorKind, OwnAnswer};
 use crate::routing::host_without_port;
-use crate::server::ConnActivity;
 use crate::telemetry::RouteKind;
-use crate::tls::ConnInfo;
 
 /// Layer for [`Observe`].
 #[derive(Clone)]

@@ -19,8 +19,8 @@ use super::body::{ReqBody, ReqProgress, RespBody};
 use super::refuse::refuse;
 use super::timeout::within;
 use super::{headers, own_response, rewrite, tunnel, Routed, Shared};
+use crate::conn::ConnInfo;
 use crate::error::{classify, ExchangeError};
-use crate::tls::ConnInfo;
 use crate::upstream::{Sender, Upstream, UpstreamResponse};
 
 type ExchangeFut = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;

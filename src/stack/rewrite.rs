@@ -8,7 +8,7 @@ use http::{header, Method, Uri, Version};
 
 use super::body::ReqBody;
 use super::headers;
-use crate::tls::ConnInfo;
+use crate::conn::ConnInfo;
 use crate::upstream::Upstream;
 
 /// Rewrites `parts` for `upstream`; `upgrade` keeps the headers an upgrade

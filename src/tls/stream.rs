@@ -16,7 +16,8 @@
 //!   wait for a client that does not read, nothing more is read from it, so
 //!   its KeyUpdates, warnings and requests cannot make portico queue without
 //!   end;
-//! - a lingering close, as nginx's `lingering_close` (see `LINGER_MAX`);
+//! - a lingering close, as nginx's `lingering_close` (see `LINGER_MAX`), as
+//!   the HTTP stage asks through [`ClientStream`];
 //! - TLS 1.3's session ticket leaves with the first response, in its write.
 
 use std::future::{poll_fn, Future};
@@ -36,6 +37,8 @@ use rustls::{ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
+
+use crate::conn::{ClientStream, Linger};
 
 /// Reads ask for this much room: two full records.
 const READ_SIZE: usize = 32 * 1024;
@@ -207,18 +210,6 @@ impl TlsStream {
     /// or the end of the stream.
     fn has_input(&self) -> bool {
         self.plain_at < self.plain.len() || self.rx_at < self.rx.len() || self.read_done
-    }
-
-    /// Resolves when the client has sent something (or closed). The socket
-    /// is peeked, not only asked: its readiness may be left over from the
-    /// handshake's last read.
-    pub async fn input(&mut self) -> io::Result<()> {
-        if self.has_input() {
-            return Ok(());
-        }
-        // The session ticket, if it is still here: the client may wait.
-        poll_fn(|cx| self.poll_flush_tx(cx)).await?;
-        self.tcp.peek(&mut [0u8; 1]).await.map(drop)
     }
 
     /// Lets rustls process the records at hand (see `process`); on an error
@@ -749,24 +740,22 @@ impl AsyncWrite for TlsStream {
     }
 }
 
-/// Whether a close lingers (see `LINGER_MAX`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Linger {
-    /// Until the client ends its side or falls quiet: it may be sending a
-    /// request the answer cut short (a refused body, a pipelined request).
-    Always,
-    /// Only if the client's bytes are already waiting (nginx's heuristic):
-    /// portico chose to close a connection with no request on it (a drain,
-    /// a timeout), and a client that sends nothing must not hold it open.
-    IfUnread,
-    /// Not at all: another reader still takes the client's bytes (a tunnel
-    /// whose other direction goes on after this one ended).
-    Never,
-}
+impl ClientStream for TlsStream {
+    /// Resolves when the client has sent something (or closed). The socket
+    /// is peeked, not only asked: its readiness may be left over from the
+    /// handshake's last read.
+    async fn input(&mut self) -> io::Result<()> {
+        if self.has_input() {
+            return Ok(());
+        }
+        // The session ticket, if it is still here: the client may wait.
+        poll_fn(|cx| self.poll_flush_tx(cx)).await?;
+        self.tcp.peek(&mut [0u8; 1]).await.map(drop)
+    }
 
-impl TlsStream {
-    /// Sends close_notify and the FIN, then lingers as `linger` says.
-    pub fn poll_close(&mut self, cx: &mut Context<'_>, linger: Linger) -> Poll<io::Result<()>> {
+    /// Sends close_notify and the FIN, then lingers as `linger` says (see
+    /// `LINGER_MAX`).
+    fn poll_close(&mut self, cx: &mut Context<'_>, linger: Linger) -> Poll<io::Result<()>> {
         if !self.close_sent {
             self.close_sent = true;
             // A failed connection has no close_notify to send; one that

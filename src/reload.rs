@@ -4,6 +4,11 @@
 //! reacts to any event there (debounced), re-reads on every poll interval in
 //! case events were lost, and compares content, never modification times.
 //! A pair is taken only whole and valid; otherwise the last good one stays.
+//!
+//! It sits beside the request path, as `admin` does: it writes into two
+//! stages, the server certificates into [`certs`](crate::certs)' slots and
+//! the client CA into [`tls`](crate::tls)'s acceptor, so neither of those
+//! imports the other for it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +19,8 @@ use notify::{RecursiveMode, Watcher};
 use rustls::crypto::CryptoProvider;
 use tokio::sync::mpsc;
 
-use super::load::{from_pem, unix_now, LoadedCert};
-use super::CertStore;
+use crate::certs::load::{fmt_unix, from_pem, unix_now, LoadedCert};
+use crate::certs::{CertStore, Slot};
 use crate::telemetry::{Metrics, NameLabel};
 use crate::tls::{ClientPolicy, TlsAcceptor};
 
@@ -182,7 +187,7 @@ impl Reloader {
         out
     }
 
-    fn swap(&self, slot: &super::Slot, old: &LoadedCert, new: LoadedCert) {
+    fn swap(&self, slot: &Slot, old: &LoadedCert, new: LoadedCert) {
         let old_label = old.label();
         let new_label = new.label();
         let still_served = self
@@ -201,7 +206,7 @@ impl Reloader {
                 name: new_label.clone(),
             })
             .set(new.not_after);
-        tracing::info!(name = %new_label, not_after = %super::load::fmt_unix(new.not_after),
+        tracing::info!(name = %new_label, not_after = %fmt_unix(new.not_after),
             "certificate reloaded; new handshakes use it");
         slot.current.store(Arc::new(new));
         self.metrics.reload(true);
