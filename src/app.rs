@@ -267,7 +267,7 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
 }
 
 impl App {
-    /// Serves until a drain is requested, then drains per SPEC and returns.
+    /// Serves until a drain is requested, then drains as docs/reference.md describes and returns.
     pub async fn run(self) {
         let cfg = &self.shared.cfg;
         let mut phase = self.drain.subscribe();

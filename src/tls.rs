@@ -248,7 +248,7 @@ fn build_config(
     };
     let mut config = builder.with_cert_resolver(store.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // SPEC: the server's cipher-suite order, not the client's.
+    // The reference promises the server's cipher-suite order, not the client's.
     config.ignore_client_order = true;
     config.ticketer = ticketer;
     // One TLS 1.3 ticket per handshake, not rustls's two: a client resumes
