@@ -16,7 +16,7 @@ use crate::reload::{self, Reloader};
 use crate::shutdown::{reached, Drain, Phase};
 use crate::stack::Shared;
 use crate::telemetry::{Metrics, NameLabel};
-use crate::tls::{self, ClientPolicy, TlsAcceptor};
+use crate::tls::{self, AcceptorError, ClientPolicy, TlsAcceptor};
 
 /// Why portico cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -99,18 +99,15 @@ pub fn load(cfg: &Config) -> Result<Loaded, StartError> {
     let (store, warnings) = CertStore::load(&cfg.certs, &provider)?;
     let store = Arc::new(store);
     let policy = ClientPolicy::from_config(cfg);
-    // The bundle is read and checked here, where it is known to be
-    // --client-ca's, so that anything wrong with it names that option; the
-    // acceptor reads it again, and fails for nothing the configuration holds.
-    if let Some(p) = &policy {
-        p.verifier(&provider)
-            .map_err(|message| StartError::Option {
+    let tls = TlsAcceptor::new(store.clone(), policy.as_ref(), cfg.tls13_only, provider).map_err(
+        |e| match e {
+            AcceptorError::ClientCa(message) => StartError::Option {
                 option: Opt::ClientCa.name(),
                 message,
-            })?;
-    }
-    let tls = TlsAcceptor::new(store.clone(), policy.as_ref(), cfg.tls13_only, provider)
-        .map_err(|e| StartError::Fatal(format!("cannot set up TLS: {e}")))?;
+            },
+            AcceptorError::Setup(m) => StartError::Fatal(format!("cannot set up TLS: {m}")),
+        },
+    )?;
     Ok(Loaded {
         store,
         tls: Arc::new(tls),
@@ -267,7 +264,7 @@ pub async fn build(cfg: Config) -> Result<App, StartError> {
 }
 
 impl App {
-    /// Serves until a drain is requested, then drains per SPEC and returns.
+    /// Serves until a drain is requested, then drains as docs/reference.md describes and returns.
     pub async fn run(self) {
         let cfg = &self.shared.cfg;
         let mut phase = self.drain.subscribe();

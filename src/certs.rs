@@ -46,7 +46,7 @@ pub enum LoadError {
     SelfSigned(#[source] CertError),
 }
 
-/// What loading at start found wrong but serves anyway (SPEC: an expired leaf
+/// What loading at start found wrong but serves anyway (the reference: an expired leaf
 /// that is all there is keeps serving), for an ERROR line at start and `check`.
 pub type StartWarnings = Vec<String>;
 

@@ -1,5 +1,5 @@
 //! `portico inject`: reads Kubernetes manifests and writes them back with
-//! portico added as the ambassador of every workload (SPEC "`portico inject`").
+//! portico added as the ambassador of every workload (docs/reference.md, "`portico inject`").
 //!
 //! A pure core, [`inject`] (manifest text in, manifest text or a typed error
 //! out), and [`main`], the command line around it. It owns nothing of the

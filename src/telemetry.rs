@@ -1,5 +1,5 @@
 //! Logs and metrics: the tracing subscriber (text or JSON) and the Prometheus
-//! registry with every metric SPEC lists. Off the data path except for the
+//! registry with every metric docs/reference.md lists. Off the data path except for the
 //! handles the stack updates.
 
 use std::sync::{Arc, OnceLock};
@@ -41,7 +41,7 @@ impl EncodeLabelValue for Code {
 /// `{route, code}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteCode {
-    /// The route's SPEC text, or `default`.
+    /// The route's `--route` text, or `default`.
     pub route: Arc<str>,
     /// The status code.
     pub code: Code,
@@ -50,16 +50,16 @@ pub struct RouteCode {
 /// `{route}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
-    /// The route's SPEC text, or `default`.
+    /// The route's `--route` text, or `default`.
     pub route: Arc<str>,
 }
 
 /// `{route, kind}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteKind {
-    /// The route's SPEC text, or `default`.
+    /// The route's `--route` text, or `default`.
     pub route: Arc<str>,
-    /// The SPEC error kind.
+    /// The error kind (`Portico-Error` value).
     pub kind: &'static str,
 }
 

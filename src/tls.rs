@@ -123,6 +123,18 @@ impl ClientPolicy {
     }
 }
 
+/// Why the acceptor could not be built: the client CA bundle (the
+/// `--client-ca` file) or anything else of the TLS set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptorError {
+    /// The `--client-ca` bundle could not be read or used.
+    #[error("{0}")]
+    ClientCa(String),
+    /// Anything else (the ticketer, the server configuration).
+    #[error("{0}")]
+    Setup(String),
+}
+
 /// Holds the current `ServerConfig`; a client-CA change swaps in a new one.
 pub struct TlsAcceptor {
     config: ArcSwap<ServerConfig>,
@@ -144,16 +156,18 @@ impl TlsAcceptor {
         client: Option<&ClientPolicy>,
         tls13_only: bool,
         provider: Arc<CryptoProvider>,
-    ) -> Result<Self, String> {
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| format!("cannot create a TLS session ticketer: {e}"))?;
+    ) -> Result<Self, AcceptorError> {
         let verifier = match client {
-            Some(p) => Some(p.verifier(&provider)?),
+            Some(p) => Some(p.verifier(&provider).map_err(AcceptorError::ClientCa)?),
             None => None,
         };
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+            AcceptorError::Setup(format!("cannot create a TLS session ticketer: {e}"))
+        })?;
         // The resolver reads the store per handshake, so a server certificate
         // rotation keeps this config and its ticket keys: no handshake storm.
-        let config = build_config(&store, verifier, tls13_only, &provider, ticketer)?;
+        let config = build_config(&store, verifier, tls13_only, &provider, ticketer)
+            .map_err(AcceptorError::Setup)?;
         Ok(Self {
             config: ArcSwap::from_pointee(config),
             store,
@@ -248,7 +262,7 @@ fn build_config(
     };
     let mut config = builder.with_cert_resolver(store.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // SPEC: the server's cipher-suite order, not the client's.
+    // The reference promises the server's cipher-suite order, not the client's.
     config.ignore_client_order = true;
     config.ticketer = ticketer;
     // One TLS 1.3 ticket per handshake, not rustls's two: a client resumes

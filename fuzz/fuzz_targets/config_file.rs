@@ -1,6 +1,6 @@
 //! A TOML `--config` file through `Config::from_args`, as `portico --config FILE`
 //! and `portico check --config FILE` read it: never a panic, and a config that
-//! is taken holds SPEC's bounds.
+//! is taken holds the reference's bounds.
 //!
 //! Inputs whose listen addresses are neither `off` nor an IP:PORT are skipped:
 //! portico resolves host names there, and a fuzzer must not send DNS queries.

@@ -1,10 +1,10 @@
 //! `--route` and `--upstream` parsing and the route table.
 //!
-//! Input: lines. Every line but the last two is a route SPEC (also tried as an
+//! Input: lines. Every line but the last two is a `--route` value (also tried as an
 //! upstream URL); the second-to-last is the request host (empty: none, a port
 //! is stripped as portico does), the last is the request path.
 //!
-//! Never a panic, and the table agrees with a model of SPEC's rules: among
+//! Never a panic, and the table agrees with a model of the reference's rules: among
 //! routes whose host and path match, the longest path prefix wins, then an
 //! exact host, a wildcard, no host, then the first given; no match: default.
 //! Each parsed route also wins (or ties with a better route) for its own path.
@@ -43,7 +43,7 @@ fn rank(h: &HostMatch) -> u8 {
     }
 }
 
-/// The model: the id of the route SPEC says wins, `routes.len()` for the default.
+/// The model: the id of the route the reference says wins, `routes.len()` for the default.
 fn expected(routes: &[Route], host: Option<&str>, path: &str) -> usize {
     routes
         .iter()
@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     for spec in specs.iter().take(64) {
         let _ = UpstreamAddr::parse(spec);
         if let Ok(r) = Route::parse(spec) {
-            assert_eq!(&*r.name, *spec, "the route label is the SPEC text");
+            assert_eq!(&*r.name, *spec, "the route label is the --route text");
             assert!(r.path.starts_with('/'), "a route path starts with '/'");
             if let HostMatch::Wildcard(s) = &r.host {
                 assert!(s.starts_with('.') && s.len() > 1);

@@ -1,4 +1,4 @@
-//! SPEC durations and sizes: never a panic, results in range, and a formatted
+//! Durations and sizes as options take them: never a panic, results in range, and a formatted
 //! duration reads back as itself.
 #![no_main]
 
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(d) = parse_duration(s) {
-        // SPEC caps a duration at 1e12 ms.
+        // The reference caps a duration at 1e12 ms.
         assert!(
             d <= Duration::from_millis(1_000_000_000_000),
             "{s:?} -> {d:?}"

@@ -47,7 +47,7 @@ def put(target, name, data):
 def rd(n):
     return open(os.path.join(tmp, n), "rb").read()
 
-# route_parse: route SPECs, then the request host and path.
+# route_parse: `--route` values, then the request host and path.
 routes = [
     ("basic", ["/api=http://a:1", "/api/v2=http://b:1"], "", "/api/v2/x"),
     ("hosts", ["/api=http://none:1", "*.example.com/api=http://wild:1",

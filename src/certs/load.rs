@@ -93,7 +93,7 @@ pub struct LoadedCert {
 }
 
 impl LoadedCert {
-    /// The name SPEC's metrics label uses: the first DNS name, else the CN.
+    /// The name the metrics' `cert` label uses: the first DNS name, else the CN.
     pub fn label(&self) -> String {
         self.dns_names
             .first()
