@@ -230,10 +230,7 @@ fn post_shutdown_from_a_neighbour_pod_over_veth_is_403_and_from_the_pods_loopbac
         .arg(&key)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let portico = {
-        let _env = env_read();
-        cmd.spawn().expect("portico")
-    };
+    let portico = cmd.spawn().expect("portico");
     ns.children.push(portico);
     let pod = ns.pod.clone();
     let nb = ns.peer.clone();

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{env_write, Pki};
+use crate::support::Pki;
 use portico::config::{ArgsError, Config, Mode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
 /// Every option of the reference's table, plus `--config`.
-const SPEC_OPTIONS: &[&str] = &[
+const DOCUMENTED_OPTIONS: &[&str] = &[
     "config",
     "listen",
     "upstream",
@@ -195,7 +195,7 @@ fn s(p: &Path) -> &str {
 fn help_lists_every_spec_option_and_exits_0() {
     let o = run(&["--help"], &[]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
-    for name in SPEC_OPTIONS {
+    for name in DOCUMENTED_OPTIONS {
         let flag = format!("--{name} ");
         assert!(
             o.stdout.contains(&flag),
@@ -747,26 +747,14 @@ fn check_without_certificates_uses_the_self_signed_default() {
 }
 
 fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<(Mode, Config), ArgsError> {
-    // `Config::from_args` reads the real environment, which every test of
-    // the binary shares: hold it while `PORTICO_*` is set here.
-    let _env = env_write();
-    let names: Vec<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with("PORTICO_"))
-        .collect();
-    for k in names {
-        std::env::remove_var(k);
-    }
-    for (k, v) in env {
-        std::env::set_var(k, v);
-    }
+    // The environment is given, not the process's: tests share that one.
     let mut all = vec!["portico"];
     all.extend_from_slice(args);
-    let r = Config::from_args(all);
-    for (k, _) in env {
-        std::env::remove_var(k);
-    }
-    r
+    Config::from_args_env(all, |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    })
 }
 
 fn parse(args: &[&str], env: &[(&str, &str)]) -> Config {

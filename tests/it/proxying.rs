@@ -1019,10 +1019,7 @@ async fn binary_streams_1gib_each_way_without_buffering_whole_bodies() {
         .arg(format!("http://{up}"))
         .stdout(std::process::Stdio::null())
         .stderr(stderr);
-    let mut child = {
-        let _env = env_read();
-        Child(cmd.spawn().expect("spawn portico"))
-    };
+    let mut child = Child(cmd.spawn().expect("spawn portico"));
     let pid = child.0.id();
     let (addr, _) = wait_serving(
         &log,

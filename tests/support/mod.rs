@@ -16,7 +16,7 @@ pub use raw::*;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once, RwLock};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -761,22 +761,6 @@ pub fn kubelet_pair(dir: &Path, pair: &Pair) {
     );
 }
 
-/// The process environment, shared by every test of the binary: a test
-/// that sets `PORTICO_*` variables for an in-process `Config::from_args`
-/// holds it for writing, and whatever starts a portico process that would
-/// inherit them holds it for reading while it spawns.
-static ENV: RwLock<()> = RwLock::new(());
-
-/// Holds the environment still while a child process is spawned.
-pub fn env_read() -> std::sync::RwLockReadGuard<'static, ()> {
-    ENV.read().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Holds the environment for a test that changes it.
-pub fn env_write() -> std::sync::RwLockWriteGuard<'static, ()> {
-    ENV.write().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Kills and reaps the child when the test ends, however it ends.
 pub struct Child(pub std::process::Child);
 
@@ -833,10 +817,7 @@ impl Bin {
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .kill_on_drop(true);
-        let mut child = {
-            let _env = env_read();
-            cmd.spawn().expect("spawn portico")
-        };
+        let mut child = cmd.spawn().expect("spawn portico");
         let (tls, admin) = wait_serving(
             &log,
             || child.try_wait().expect("try_wait"),
