@@ -192,7 +192,7 @@ fn s(p: &Path) -> &str {
 }
 
 #[test]
-fn help_lists_every_spec_option_and_exits_0() {
+fn help_lists_every_documented_option_and_exits_0() {
     let o = run(&["--help"], &[]);
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     for name in DOCUMENTED_OPTIONS {

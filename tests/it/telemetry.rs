@@ -25,7 +25,7 @@ fn not_after(pem: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_is_prometheus_text_with_every_spec_family_and_its_labels() {
+async fn metrics_is_prometheus_text_with_every_documented_family_and_its_labels() {
     let up = hello_upstream().await;
     let p = start(&up.url(), |_, _, _| {}).await;
     assert_eq!(p.get("/x").await.status, 200);
@@ -133,7 +133,7 @@ async fn metrics_is_prometheus_text_with_every_spec_family_and_its_labels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_requests_rise_by_exactly_n_per_route_labelled_with_the_route_spec_text() {
+async fn metrics_requests_rise_by_exactly_n_per_route_labelled_with_the_route_text() {
     let up = hello_upstream().await;
     let (dead, _hold) = dead_port().await;
     let api = format!("/api={}", up.url());
