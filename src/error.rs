@@ -230,6 +230,11 @@ pub enum ExchangeError {
     /// portico's own HTTP/1.1 exchange failed.
     #[error(transparent)]
     Raw(RawError),
+    /// The client's request body failed on its way (past
+    /// `--max-request-body`, or stalled for `--body-timeout`): the cause,
+    /// whatever the HTTP client made of it.
+    #[error(transparent)]
+    RequestBody(BodyError),
     /// `--request-timeout` passed without an answer.
     #[error("upstream did not answer within {after:?}")]
     Timeout {
@@ -274,6 +279,7 @@ pub fn classify(e: &ExchangeError) -> ErrorKind {
         ExchangeError::Connect(c) => connect_kind(c),
         ExchangeError::Raw(RawError::Bad(_)) => ErrorKind::BadUpstreamResponse,
         ExchangeError::Raw(RawError::Io(_)) => ErrorKind::UpstreamReset,
+        ExchangeError::RequestBody(b) => body_kind(b),
         ExchangeError::Timeout { .. } => ErrorKind::UpstreamTimeout,
         ExchangeError::UnaskedUpgrade => ErrorKind::BadUpstreamResponse,
         ExchangeError::Http(h) => from_chain(h).unwrap_or(ErrorKind::UpstreamReset),
@@ -293,6 +299,15 @@ fn connect_kind(c: &ConnectError) -> ErrorKind {
     }
 }
 
+fn body_kind(b: &BodyError) -> ErrorKind {
+    match b {
+        BodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
+        BodyError::Timeout(_) | BodyError::Peer(_) => ErrorKind::BadRequest,
+        // Only response bodies raise it; a send never sees one.
+        BodyError::Upstream(_) => ErrorKind::UpstreamReset,
+    }
+}
+
 /// The kind named by the first error down `e`'s source chain (`e` included)
 /// that names one: a connect error, a body error, or hyper's parse errors.
 fn from_chain(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
@@ -302,12 +317,7 @@ fn from_chain(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
             return Some(connect_kind(c));
         }
         if let Some(b) = err.downcast_ref::<BodyError>() {
-            return Some(match b {
-                BodyError::TooLarge(_) => ErrorKind::BodyTooLarge,
-                BodyError::Timeout(_) | BodyError::Peer(_) => ErrorKind::BadRequest,
-                // Only response bodies raise it; a send never sees one.
-                BodyError::Upstream(_) => ErrorKind::UpstreamReset,
-            });
+            return Some(body_kind(b));
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_parse() || h.is_parse_status() {
@@ -374,6 +384,14 @@ mod tests {
             (
                 ExchangeError::UnaskedUpgrade,
                 ErrorKind::BadUpstreamResponse,
+            ),
+            (
+                ExchangeError::RequestBody(BodyError::TooLarge(4096)),
+                ErrorKind::BodyTooLarge,
+            ),
+            (
+                ExchangeError::RequestBody(BodyError::Timeout(Duration::from_secs(60))),
+                ErrorKind::BadRequest,
             ),
         ];
         for (e, kind) in &table {

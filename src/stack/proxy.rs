@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,8 +20,9 @@ use super::body::{ReqBody, ReqProgress, RespBody};
 use super::refuse::refuse;
 use super::timeout::within;
 use super::{headers, own_response, rewrite, tunnel, Routed, Shared};
+use crate::config::Config;
 use crate::conn::ConnInfo;
-use crate::error::{classify, ExchangeError};
+use crate::error::{classify, BodyError, ExchangeError};
 use crate::upstream::{Sender, Upstream, UpstreamResponse};
 
 type ExchangeFut = Pin<Box<dyn Future<Output = Response<RespBody>> + Send>>;
@@ -182,6 +184,7 @@ fn exchange(shared: Arc<Shared>, x: Exchange) -> impl Future<Output = Response<R
                 .await
             }
         };
+        let result = result.map_err(|e| with_body_cause(e, &x.progress, &shared.cfg));
         client_response(
             &shared,
             &x.upstream,
@@ -190,6 +193,28 @@ fn exchange(shared: Arc<Shared>, x: Exchange) -> impl Future<Output = Response<R
             x.client_upgrade,
             result,
         )
+    }
+}
+
+/// The request body's own failure, when it is why the exchange failed. The
+/// HTTP/1.1 client carries it in its error's source chain, but the h2c
+/// client answers a failed body with a reset stream and only its own error,
+/// which would read as the upstream's fault (a 502 for a client's oversized
+/// upload).
+fn with_body_cause(
+    e: ExchangeError,
+    progress: &Option<Arc<ReqProgress>>,
+    cfg: &Config,
+) -> ExchangeError {
+    let Some(p) = progress else {
+        return e;
+    };
+    if p.too_large.load(Ordering::Acquire) {
+        ExchangeError::RequestBody(BodyError::TooLarge(cfg.max_request_body))
+    } else if p.timed_out.load(Ordering::Acquire) {
+        ExchangeError::RequestBody(BodyError::Timeout(cfg.body_timeout))
+    } else {
+        e
     }
 }
 

@@ -532,6 +532,41 @@ async fn streamed_body_over_limit_is_cut() {
     );
 }
 
+/// The same cut towards an h2c primary: the request body's error reaches
+/// portico through the h2c client, and the client still gets 413
+/// `body-too-large` (not a 502), with the upstream never seeing a complete
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_body_over_limit_is_cut_towards_an_h2c_upstream() {
+    let up = upstream_with(true, |_| async {
+        Response::new(Full::new(Bytes::from_static(b"read it all")))
+    })
+    .await;
+    let p = start(&format!("h2c://{}", up.addr), |cfg, _, _| {
+        cfg.max_request_body = 4096;
+    })
+    .await;
+    let mut tls = raw_tls(&p).await;
+    tls.write_all(
+        b"POST /stream HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    let chunk = format!("400\r\n{}\r\n", "b".repeat(1024));
+    for _ in 0..4 {
+        tls.write_all(chunk.as_bytes()).await.expect("chunk");
+    }
+    tokio::time::sleep(MS(200)).await;
+    tls.write_all(b"1\r\nc\r\n").await.expect("chunk");
+    read_413_then_close(&mut tls).await;
+    // The upstream read its request to an error, never to a complete body.
+    let seen = up.seen.lock().expect("lock");
+    assert!(
+        seen.iter().all(|s| s.body.len() != 4097),
+        "the upstream got the whole over-limit body"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // --max-header-bytes
 

@@ -449,6 +449,31 @@ async fn stalled_request_body_is_cut_after_body_timeout() {
     );
 }
 
+/// The same stall towards an h2c primary: the client still gets portico's
+/// 400 `bad-request` for its own stalled body, not a 502 for the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_towards_an_h2c_upstream_is_a_bad_request() {
+    let up = upstream_with(true, |_| async {
+        Response::new(Full::new(Bytes::from_static(b"read it all")))
+    })
+    .await;
+    let p = start(&format!("h2c://{}", up.addr), |cfg, _, _| {
+        cfg.body_timeout = MS(300);
+    })
+    .await;
+    let mut tls = raw_tls(&p).await;
+    tls.write_all(b"POST /stall HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .expect("head");
+    tls.write_all(&[b'x'; 100]).await.expect("part of the body");
+    let resp = tokio::time::timeout(MS(3000), read_response(&mut tls))
+        .await
+        .expect("in time")
+        .expect("an answer before the close");
+    let a = assert_answer(&resp, 400, "bad-request", &[]);
+    assert_eq!(a.connection.as_deref(), Some("close"));
+}
+
 /// A client that asks for a large response and never reads it (HTTP/1.1):
 /// hyper stops polling the body once the socket is full, so the body's own
 /// timer never runs. After `--body-timeout` with no byte taken, portico closes
