@@ -154,6 +154,9 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 #[derive(Debug)]
 pub struct ConnActivity {
     origin: Instant,
+    /// HTTP/1.1: the I/O notes when a request head begins (an HTTP/2
+    /// connection's heads are its streams').
+    track_heads: bool,
     in_flight: AtomicU32,
     served_any: AtomicBool,
     /// When the connection last became idle, in nanoseconds since `origin`.
@@ -192,6 +195,7 @@ impl ConnActivity {
     pub fn new(track_heads: bool) -> Self {
         Self {
             origin: Instant::now(),
+            track_heads,
             in_flight: AtomicU32::new(0),
             served_any: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
@@ -223,12 +227,12 @@ impl ConnActivity {
     }
 
     /// A response has been sent (or abandoned).
-    pub fn request_finished(&self, track_heads: bool) {
+    pub fn request_finished(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since
                 .store(self.since_origin(), Ordering::Relaxed);
             self.head_started.store(0, Ordering::Relaxed);
-            if track_heads {
+            if self.track_heads {
                 self.awaiting_first_byte.store(true, Ordering::Relaxed);
             }
         }
@@ -385,7 +389,7 @@ mod tests {
         a.request_started();
         let busy = tokio::time::timeout(Duration::from_secs(60), a.expired(header, idle)).await;
         assert!(busy.is_err(), "a timeout fired with a request in flight");
-        a.request_finished(true);
+        a.request_finished();
 
         let t1 = Instant::now();
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -394,7 +398,7 @@ mod tests {
         assert_eq!(t1.elapsed(), Duration::from_secs(4));
 
         a.request_started();
-        a.request_finished(true);
+        a.request_finished();
         let t2 = Instant::now();
         assert_eq!(a.expired(header, idle).await, Expired::Idle);
         assert_eq!(t2.elapsed(), Duration::from_secs(10));

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tower::ServiceBuilder;
 
 use crate::conn::{ConnActivity, ConnInfo};
-use crate::error::{classify, ExchangeError, OwnAnswer};
+use crate::error::{classify, ErrorKind, ExchangeError, OwnAnswer};
 use body::{ReqProgress, RespBody};
 
 pub use in_flight::{InFlightFuture, InFlightLimit, InFlightLimitLayer};
@@ -77,7 +77,11 @@ pub fn build(shared: Arc<Shared>, conn: Arc<ConnInfo>, activity: Arc<ConnActivit
 /// kind for the log and metrics; on HTTP/1.1 it closes the connection when
 /// the rest of the request may still be unread.
 fn own_response(e: &ExchangeError, h1: bool) -> Response<RespBody> {
-    let kind = classify(e);
+    kind_response(classify(e), h1)
+}
+
+/// [`own_response`] for a failure already classified.
+fn kind_response(kind: ErrorKind, h1: bool) -> Response<RespBody> {
     let mut resp: Response<RespBody> = kind.response();
     if h1 && kind.closes_connection() {
         resp.headers_mut()

@@ -69,25 +69,20 @@ pub struct Observe<S> {
 struct InFlightGuard {
     shared: Arc<Shared>,
     activity: Arc<ConnActivity>,
-    h1: bool,
 }
 
 impl InFlightGuard {
-    fn new(shared: Arc<Shared>, activity: Arc<ConnActivity>, h1: bool) -> Self {
+    fn new(shared: Arc<Shared>, activity: Arc<ConnActivity>) -> Self {
         activity.request_started();
         shared.drain.requests.fetch_add(1, Ordering::AcqRel);
-        Self {
-            shared,
-            activity,
-            h1,
-        }
+        Self { shared, activity }
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.shared.drain.requests.fetch_sub(1, Ordering::AcqRel);
-        self.activity.request_finished(self.h1);
+        self.activity.request_finished();
     }
 }
 
@@ -150,7 +145,7 @@ where
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let start = Instant::now();
-        let guard = InFlightGuard::new(self.shared.clone(), self.activity.clone(), !self.conn.h2);
+        let guard = InFlightGuard::new(self.shared.clone(), self.activity.clone());
 
         let request_id = headers::request_id(req.headers());
         req.headers_mut()

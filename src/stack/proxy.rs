@@ -19,7 +19,7 @@ use tower::Service;
 use super::body::{ReqBody, ReqProgress, RespBody};
 use super::refuse::refuse;
 use super::timeout::within;
-use super::{headers, own_response, rewrite, tunnel, Routed, Shared};
+use super::{headers, kind_response, own_response, rewrite, tunnel, Routed, Shared};
 use crate::config::Config;
 use crate::conn::ConnInfo;
 use crate::error::{classify, BodyError, ExchangeError};
@@ -249,7 +249,7 @@ fn client_response(
                 tracing::info!(route = %shared.route_names[route], kind = kind.as_str(),
                     error = %detail, "request refused");
             }
-            return own_response(&e, h1);
+            return kind_response(kind, h1);
         }
     };
 

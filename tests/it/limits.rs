@@ -483,6 +483,22 @@ async fn lingering_close_of_a_client_that_never_stops_sending_ends_after_10s() {
     );
 }
 
+/// Starts a chunked upload on a new connection and sends 4096 bytes of it
+/// (the tests' `--max-request-body`) in four chunks.
+async fn chunked_upload_of_4096(p: &Portico) -> TlsStream<TcpStream> {
+    let mut tls = raw_tls(p).await;
+    tls.write_all(
+        b"POST /stream HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    let chunk = format!("400\r\n{}\r\n", "b".repeat(1024));
+    for _ in 0..4 {
+        tls.write_all(chunk.as_bytes()).await.expect("chunk");
+    }
+    tls
+}
+
 /// A streamed (chunked) body is cut off when it passes
 /// `--max-request-body`: the client gets 413 `body-too-large`, and the
 /// upstream never receives more than the limit.
@@ -506,16 +522,7 @@ async fn streamed_body_over_limit_is_cut() {
         cfg.max_request_body = 4096;
     })
     .await;
-    let mut tls = raw_tls(&p).await;
-    tls.write_all(
-        b"POST /stream HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )
-    .await
-    .expect("head");
-    let chunk = format!("400\r\n{}\r\n", "b".repeat(1024));
-    for _ in 0..4 {
-        tls.write_all(chunk.as_bytes()).await.expect("chunk");
-    }
+    let mut tls = chunked_upload_of_4096(&p).await;
     eventually(
         MS(3000),
         "the upstream streams the first 4096 bytes",
@@ -546,16 +553,7 @@ async fn streamed_body_over_limit_is_cut_towards_an_h2c_upstream() {
         cfg.max_request_body = 4096;
     })
     .await;
-    let mut tls = raw_tls(&p).await;
-    tls.write_all(
-        b"POST /stream HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )
-    .await
-    .expect("head");
-    let chunk = format!("400\r\n{}\r\n", "b".repeat(1024));
-    for _ in 0..4 {
-        tls.write_all(chunk.as_bytes()).await.expect("chunk");
-    }
+    let mut tls = chunked_upload_of_4096(&p).await;
     tokio::time::sleep(MS(200)).await;
     tls.write_all(b"1\r\nc\r\n").await.expect("chunk");
     read_413_then_close(&mut tls).await;

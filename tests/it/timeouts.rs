@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 // ---------------------------------------------------------------------------
 // --handshake-timeout and --header-read-timeout
@@ -390,6 +391,17 @@ async fn stalled_response_body_is_cut_after_body_timeout() {
     );
 }
 
+/// Sends a POST declaring 1000 bytes of body and the first 100 of them, then
+/// nothing more.
+async fn stalled_upload(p: &Portico) -> TlsStream<TcpStream> {
+    let mut tls = raw_tls(p).await;
+    tls.write_all(b"POST /stall HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .expect("head");
+    tls.write_all(&[b'x'; 100]).await.expect("part of the body");
+    tls
+}
+
 /// `--body-timeout`: a request body that stalls is cut: the client's
 /// connection and the upstream's are closed (the client first gets portico's
 /// 400 `bad-request`, since no response head had been sent).
@@ -419,11 +431,7 @@ async fn stalled_request_body_is_cut_after_body_timeout() {
         cfg.body_timeout = MS(300);
     })
     .await;
-    let mut tls = raw_tls(&p).await;
-    tls.write_all(b"POST /stall HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
-        .await
-        .expect("head");
-    tls.write_all(&[b'x'; 100]).await.expect("part of the body");
+    let mut tls = stalled_upload(&p).await;
     let stalled = Instant::now();
     let resp = tokio::time::timeout(MS(3000), read_response(&mut tls))
         .await
@@ -461,11 +469,7 @@ async fn stalled_request_body_towards_an_h2c_upstream_is_a_bad_request() {
         cfg.body_timeout = MS(300);
     })
     .await;
-    let mut tls = raw_tls(&p).await;
-    tls.write_all(b"POST /stall HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
-        .await
-        .expect("head");
-    tls.write_all(&[b'x'; 100]).await.expect("part of the body");
+    let mut tls = stalled_upload(&p).await;
     let resp = tokio::time::timeout(MS(3000), read_response(&mut tls))
         .await
         .expect("in time")
