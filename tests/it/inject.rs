@@ -816,3 +816,26 @@ fn inject_any_prefix_of_a_fixture_is_an_answer_not_a_panic_and_is_idempotent() {
         "{ok} injected, {refused} refused"
     );
 }
+
+/// `portico help inject` is `portico inject --help`: inject's own usage, none
+/// of the proxy's options.
+#[test]
+fn help_inject_prints_injects_own_help() {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run portico");
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        String::from_utf8(o.stdout).expect("utf-8")
+    };
+    let help = run(&["help", "inject"]);
+    assert!(
+        help.contains("Usage: portico inject [OPTIONS] [FILE]..."),
+        "{help}"
+    );
+    for proxy_only in ["--upstream", "--listen", "--max-connections"] {
+        assert!(!help.contains(proxy_only), "{proxy_only} in:\n{help}");
+    }
+    assert_eq!(help, run(&["inject", "--help"]));
+}
